@@ -1,0 +1,1 @@
+//! Example applications linked against the fragnet socket library.

@@ -1,0 +1,2 @@
+//! frame_endpoint (work in progress)
+fn main() {}

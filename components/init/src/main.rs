@@ -1,0 +1,2 @@
+//! fragnet (work in progress)
+fn main() {}

@@ -1,0 +1,2 @@
+//! ip_stack (work in progress)
+fn main() {}

@@ -1,0 +1,2 @@
+//! nic_drv (work in progress)
+fn main() {}

@@ -1,0 +1,2 @@
+//! nic_switch (work in progress)
+fn main() {}

@@ -1,0 +1,1 @@
+//! fragnet_host (work in progress)

@@ -1,0 +1,1 @@
+//! packet_ring (work in progress)

@@ -1,0 +1,1 @@
+//! fragnet (work in progress)
