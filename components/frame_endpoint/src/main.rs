@@ -1,2 +1,4 @@
 //! frame_endpoint (work in progress)
+mod config;
+mod responder;
 fn main() {}
