@@ -117,6 +117,7 @@ impl Counters {
     }
 
     /// Frames dropped for `reason`.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()]
     }

@@ -19,11 +19,12 @@ use crate::mac_table::{Lookup, MacTable, PortId};
 pub trait PortIo {
     /// Receive up to `max` frames, calling `f` on each; returns how many.
     fn recv_batch<F: FnMut(&[u8])>(&mut self, max: usize, f: F) -> usize;
-    /// Copy `frame` into a transmit buffer; `false` when none is free.
-    fn send(&mut self, frame: &[u8]) -> bool;
+    /// Copy `frame` into a transmit buffer (not yet visible to the peer).
+    /// Fails with [`DropReason::NoBuffer`] or [`DropReason::TooLong`].
+    fn send_copy(&mut self, frame: &[u8]) -> Result<(), DropReason>;
     /// Publish what was sent since the last flush (and ring the doorbell if
     /// the peer sleeps).
-    fn flush(&mut self);
+    fn flush_tx(&mut self);
     /// Why the peer was disconnected, if it broke the ring protocol.
     fn violation(&self) -> Option<String>;
 }
@@ -43,17 +44,20 @@ pub enum DropReason {
     Filtered,
     /// The egress channel had no free buffer (counted at egress).
     NoBuffer,
+    /// Larger than the egress channel's buffers (counted at egress).
+    TooLong,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::BadSource,
         DropReason::SamePort,
         DropReason::LinkDown,
         DropReason::Filtered,
         DropReason::NoBuffer,
+        DropReason::TooLong,
     ];
 
     /// Counter name (`drop_<name>`).
@@ -65,6 +69,7 @@ impl DropReason {
             DropReason::LinkDown => "link_down",
             DropReason::Filtered => "filtered",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::TooLong => "too_long",
         }
     }
 }
@@ -77,7 +82,7 @@ pub struct PortCounters {
     pub tx_frames: u64,
     pub tx_bytes: u64,
     /// Indexed like [`DropReason::ALL`].
-    pub drops: [u64; 6],
+    pub drops: [u64; DropReason::ALL.len()],
     /// Times the peer was disconnected for breaking the ring protocol.
     pub violations: u64,
     /// Times the channel was (re)attached by a `channel` message.
@@ -167,8 +172,8 @@ impl<P: PortIo> Switch<P> {
     }
 
     /// The live port I/O objects (for the waiter: doorbells).
-    pub fn live_io(&self) -> impl Iterator<Item = &P> {
-        self.ports.iter().filter_map(|p| p.io.as_ref())
+    pub fn live_io_mut(&mut self) -> impl Iterator<Item = &mut P> {
+        self.ports.iter_mut().filter_map(|p| p.io.as_mut())
     }
 
     /// The MAC table.
@@ -219,7 +224,7 @@ impl<P: PortIo> Switch<P> {
             }
             port.dirty = false;
             if let Some(io) = port.io.as_mut() {
-                io.flush();
+                io.flush_tx();
                 if let Some(reason) = io.violation() {
                     port.io = None;
                     port.counters.violations += 1;
@@ -340,12 +345,13 @@ fn deliver<P: PortIo>(
     let Some(io) = port.io.as_mut() else {
         return;
     };
-    if io.send(frame) {
-        port.counters.tx_frames += 1;
-        port.counters.tx_bytes += frame.len() as u64;
-        port.dirty = true;
-    } else {
-        port.counters.drop(DropReason::NoBuffer);
+    match io.send_copy(frame) {
+        Ok(()) => {
+            port.counters.tx_frames += 1;
+            port.counters.tx_bytes += frame.len() as u64;
+            port.dirty = true;
+        }
+        Err(reason) => port.counters.drop(reason),
     }
 }
 
@@ -386,14 +392,14 @@ mod tests {
             }
             n
         }
-        fn send(&mut self, frame: &[u8]) -> bool {
+        fn send_copy(&mut self, frame: &[u8]) -> Result<(), DropReason> {
             if self.tx.len() >= self.tx_room {
-                return false;
+                return Err(DropReason::NoBuffer);
             }
             self.tx.push(frame.to_vec());
-            true
+            Ok(())
         }
-        fn flush(&mut self) {
+        fn flush_tx(&mut self) {
             self.flushes += 1;
         }
         fn violation(&self) -> Option<String> {

@@ -14,6 +14,7 @@
 pub mod filter;
 pub mod forward;
 pub mod mac_table;
+pub mod port;
 
 pub use forward::{Disconnect, DropReason, Port, PortCounters, PortIo, Switch};
 pub use mac_table::{Lookup, MacTable, PortId};

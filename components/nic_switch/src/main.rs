@@ -1,2 +1,220 @@
-//! nic_switch (work in progress)
-fn main() {}
+//! nic_switch: the learning Ethernet switch component.
+//!
+//! Started by `init` with one channel per port: `nic:<client>` (side A) for
+//! each client of its `Nic` service and optionally `nic` (side B) for an
+//! uplink route. Forwards frames between them with the core in
+//! [`nic_switch::forward`], sleeps with packet_ring's adaptive `Waiter` when
+//! idle, and serves the control socket (`ping`, `stats`, `channel`, `nft`,
+//! `shutdown`). See README.md for the `<config>` attributes and counters.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use fragnet_host::{info, warn, Control, Env};
+use nic_switch::Switch;
+use packet_ring::linux::{Channel, ChannelFds, Waiter};
+use packet_ring::Side;
+
+/// `<config>` of the switch, defaults in one place.
+struct Config {
+    mac_aging_s: u64,
+    mac_table_size: usize,
+    batch: usize,
+}
+
+impl Config {
+    fn from_env(env: &Env) -> Result<Config, String> {
+        let node = env.config().map_err(|e| e.to_string())?;
+        let c = Config {
+            mac_aging_s: node
+                .attr_or("mac_aging_s", 300u64)
+                .map_err(|e| e.to_string())?,
+            mac_table_size: node
+                .attr_or("mac_table_size", 4096usize)
+                .map_err(|e| e.to_string())?,
+            batch: node.attr_or("batch", 64usize).map_err(|e| e.to_string())?,
+        };
+        if c.mac_table_size == 0 || c.batch == 0 {
+            return Err("<config>: mac_table_size and batch must be at least 1".into());
+        }
+        Ok(c)
+    }
+}
+
+/// Is `label`/`side` a channel the switch can use as a port?
+fn check_port(label: &str, side: Side) -> Result<(), String> {
+    match (label, side) {
+        ("nic", Side::B) => Ok(()),
+        (l, Side::A) if l.starts_with("nic:") && l.len() > 4 => Ok(()),
+        _ => Err(format!(
+            "channel '{label}' (side {side:?}) is not a switch port: expected 'nic:<client>' \
+             on side A or 'nic' on side B"
+        )),
+    }
+}
+
+fn attach(
+    switch: &mut Switch<Channel>,
+    label: &str,
+    side: Side,
+    fds: ChannelFds,
+) -> Result<(), String> {
+    check_port(label, side)?;
+    let ch = Channel::attach(fds, side).map_err(|e| format!("attaching channel '{label}': {e}"))?;
+    let port = switch.attach(label, ch);
+    info!("port {port} '{label}' up");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            fragnet_host::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut env = Env::from_env().map_err(|e| e.to_string())?;
+    fragnet_host::log::init(&env.name);
+    let config = Config::from_env(&env)?;
+    let mut switch: Switch<Channel> =
+        Switch::new(config.batch, config.mac_table_size, config.mac_aging_s);
+    for spec in std::mem::take(&mut env.channels) {
+        attach(&mut switch, &spec.label, spec.side, spec.fds)?;
+    }
+    let mut control = env.control.take();
+    if let Some(c) = &control {
+        c.set_nonblocking(true)
+            .map_err(|e| format!("control socket: {e}"))?;
+    }
+
+    let start = Instant::now();
+    let mut waiter = Waiter::new();
+    let mut last_housekeeping = Instant::now();
+    loop {
+        let now = start.elapsed().as_secs();
+        let moved = switch.poll(now, |d| {
+            warn!(
+                "port {} '{}' disconnected: peer broke the ring protocol: {}",
+                d.port, d.label, d.reason
+            )
+        });
+        // Control messages and aging: when idle (the waiter woke us for
+        // them) and at least every 10 ms under load.
+        let mut check_control = last_housekeeping.elapsed() >= Duration::from_millis(10);
+        if check_control {
+            last_housekeeping = Instant::now();
+            switch.expire(now);
+        }
+        let control_fd = control.as_ref().map(|c| c.fd());
+        let wake = waiter
+            .wait(
+                moved > 0,
+                switch.live_io_mut(),
+                control_fd.as_slice(),
+                Some(Duration::from_secs(1)),
+            )
+            .map_err(|e| format!("waiting: {e}"))?;
+        if matches!(wake, packet_ring::linux::Wake::Woken) && waiter.extra_ready(0) {
+            check_control = true;
+        }
+        if check_control {
+            if let Some(c) = control.as_mut() {
+                match serve_control(c, &mut switch, &waiter) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => return Err(format!("control socket: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Answer every waiting control message. `Ok(false)`: time to exit (init
+/// closed the socket, or asked for shutdown).
+fn serve_control(
+    c: &mut Control,
+    switch: &mut Switch<Channel>,
+    waiter: &Waiter,
+) -> io::Result<bool> {
+    loop {
+        let msg = match c.recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                info!("control socket closed: exiting");
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                warn!("bad control message: {e}");
+                c.reply(&format!("error\n{e}"))?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match msg.verb.as_str() {
+            "ping" => c.reply("ok")?,
+            "stats" => {
+                let w = waiter.stats();
+                c.reply(&format!(
+                    "ok\n{}waiter_sleeps {}\nwaiter_yields {}\n",
+                    switch.report(),
+                    w.sleeps,
+                    w.yields
+                ))?
+            }
+            "channel" => {
+                let reply = channel_msg(switch, &msg.args, msg.fds);
+                match reply {
+                    Ok(()) => c.reply("ok")?,
+                    Err(e) => {
+                        warn!("{e}");
+                        c.reply(&format!("error\n{e}"))?
+                    }
+                }
+            }
+            "nft" => c.reply("error\nnot supported yet")?,
+            "shutdown" => {
+                c.reply("ok")?;
+                info!("shutdown requested");
+                return Ok(false);
+            }
+            other => c.reply(&format!("error\nunknown verb '{other}'"))?,
+        }
+    }
+}
+
+/// `channel <label> <side>` with memfd, wake_a, wake_b: replace or add a port.
+fn channel_msg(
+    switch: &mut Switch<Channel>,
+    args: &[String],
+    fds: Vec<rustix::fd::OwnedFd>,
+) -> Result<(), String> {
+    let [label, side] = args else {
+        return Err(format!("channel: expected '<label> <side>', got {args:?}"));
+    };
+    let side = match side.as_str() {
+        "A" => Side::A,
+        "B" => Side::B,
+        s => return Err(format!("channel {label}: side must be A or B, got '{s}'")),
+    };
+    let Ok::<[rustix::fd::OwnedFd; 3], _>([memfd, wake_a, wake_b]) = fds.try_into() else {
+        return Err(format!(
+            "channel {label}: expected 3 descriptors (memfd, wake_a, wake_b)"
+        ));
+    };
+    attach(
+        switch,
+        label,
+        side,
+        ChannelFds {
+            memfd,
+            wake_a,
+            wake_b,
+        },
+    )
+}
