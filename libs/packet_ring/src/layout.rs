@@ -43,7 +43,7 @@ pub const MAX_BUF_SIZE: u32 = 1 << 20;
 /// Buffers are multiples of this (keeps every buffer cache-line aligned).
 pub const BUF_ALIGN: u32 = 64;
 
-pub(crate) mod field {
+pub mod field {
     //! Byte offsets inside the header line.
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
@@ -54,15 +54,23 @@ pub(crate) mod field {
     pub const REGION_SIZE: usize = 24;
 }
 
-pub(crate) const FLAGS: usize = LINE;
-pub(crate) const COUNTERS: usize = 3 * LINE;
-pub(crate) const RINGS: usize = 11 * LINE;
+/// Offset of side A's `need_wakeup` word (side B's is one `LINE` further).
+pub const FLAGS: usize = LINE;
+/// Offset of the counters of direction 0; direction `d` adds `d * 4 * LINE`.
+pub const COUNTERS: usize = 3 * LINE;
+/// Offset of the first ring.
+pub const RINGS: usize = 11 * LINE;
 
-/// Offsets of the counters of a direction relative to `COUNTERS`.
-pub(crate) const ACTIVE_HEAD: usize = 0;
-pub(crate) const ACTIVE_TAIL: usize = LINE;
-pub(crate) const FREE_HEAD: usize = 2 * LINE;
-pub(crate) const FREE_TAIL: usize = 3 * LINE;
+/// Offsets of the counters of a direction relative to its counter block.
+pub const ACTIVE_HEAD: usize = 0;
+pub const ACTIVE_TAIL: usize = LINE;
+pub const FREE_HEAD: usize = 2 * LINE;
+pub const FREE_TAIL: usize = 3 * LINE;
+
+/// Offset of counter `which` ([`ACTIVE_HEAD`] …) of direction `dir`.
+pub const fn counter_offset(dir: usize, which: usize) -> usize {
+    COUNTERS + dir * 4 * LINE + which
+}
 
 /// Shape of a channel: ring size, buffer size and buffers per direction.
 ///
@@ -129,22 +137,22 @@ impl Config {
     }
 
     /// Bytes of one ring (`ring_slots` descriptors), line aligned.
-    pub(crate) fn ring_bytes(&self) -> usize {
+    pub fn ring_bytes(&self) -> usize {
         round_up(self.ring_slots as usize * 8, LINE)
     }
 
     /// Offset of the active (`free == false`) or free ring of direction `dir`.
-    pub(crate) fn ring_offset(&self, dir: usize, free: bool) -> usize {
+    pub fn ring_offset(&self, dir: usize, free: bool) -> usize {
         RINGS + (dir * 2 + free as usize) * self.ring_bytes()
     }
 
     /// Bytes of one direction's buffer pool.
-    pub(crate) fn pool_bytes(&self) -> usize {
+    pub fn pool_bytes(&self) -> usize {
         self.bufs as usize * self.buf_size as usize
     }
 
     /// Offset of the buffer pool of direction `dir`.
-    pub(crate) fn pool_offset(&self, dir: usize) -> usize {
+    pub fn pool_offset(&self, dir: usize) -> usize {
         round_up(RINGS + 4 * self.ring_bytes(), PAGE) + dir * round_up(self.pool_bytes(), PAGE)
     }
 
