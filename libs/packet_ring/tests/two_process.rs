@@ -42,8 +42,9 @@ fn fill_frame(seq: u64, buf: &mut [u8]) -> usize {
 
 /// FNV-1a.
 fn checksum(data: &[u8]) -> u32 {
-    data.iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Checks a frame of test (a); returns its sequence number.
@@ -53,7 +54,11 @@ fn check_frame(f: &[u8]) -> Result<u64, String> {
     }
     let seq = u64::from_le_bytes(f[..8].try_into().unwrap());
     if f.len() != frame_len(seq) {
-        return Err(format!("frame {seq}: length {} != {}", f.len(), frame_len(seq)));
+        return Err(format!(
+            "frame {seq}: length {} != {}",
+            f.len(),
+            frame_len(seq)
+        ));
     }
     let (body, sum) = f.split_at(f.len() - 4);
     if checksum(body) != u32::from_le_bytes(sum.try_into().unwrap()) {
@@ -73,13 +78,25 @@ impl Peer {
     fn spawn(role: &str, channels: &[&ChannelFds]) -> Peer {
         let raw: Vec<RawFd> = channels
             .iter()
-            .flat_map(|c| [c.memfd.as_raw_fd(), c.wake_a.as_raw_fd(), c.wake_b.as_raw_fd()])
+            .flat_map(|c| {
+                [
+                    c.memfd.as_raw_fd(),
+                    c.wake_a.as_raw_fd(),
+                    c.wake_b.as_raw_fd(),
+                ]
+            })
             .collect();
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--ignored", "--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env("PACKET_RING_CHANNELS", channels.len().to_string())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "--ignored",
+            "--exact",
+            "child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env("PACKET_RING_CHANNELS", channels.len().to_string())
+        .stdout(Stdio::piped());
         // SAFETY: only dup2 (async-signal-safe, no allocation) runs between
         // fork and exec.
         unsafe {
@@ -118,7 +135,12 @@ impl Peer {
             std::thread::sleep(Duration::from_millis(5));
         };
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert!(status.success(), "peer failed ({status}):\n{out}");
         let line = out
             .lines()
@@ -147,7 +169,11 @@ impl Drop for Peer {
 }
 
 fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
-    &fields.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {fields:?}")).1
+    &fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no {key} in {fields:?}"))
+        .1
 }
 
 fn num(fields: &[(String, String)], key: &str) -> u64 {
@@ -156,7 +182,10 @@ fn num(fields: &[(String, String)], key: &str) -> u64 {
 
 /// The channels handed to this (child) process.
 fn inherited_channels() -> Vec<ChannelFds> {
-    let n: usize = std::env::var("PACKET_RING_CHANNELS").unwrap().parse().unwrap();
+    let n: usize = std::env::var("PACKET_RING_CHANNELS")
+        .unwrap()
+        .parse()
+        .unwrap();
     (0..n)
         .map(|i| {
             let fd = |k: usize| {
@@ -322,7 +351,8 @@ fn child_hostile(role: &str) -> String {
     };
     // B sends on direction 1 (B→A).
     match role {
-        "head" => word(layout::counter_offset(1, layout::ACTIVE_HEAD)).store(0x7fff_0000, Ordering::Release),
+        "head" => word(layout::counter_offset(1, layout::ACTIVE_HEAD))
+            .store(0x7fff_0000, Ordering::Release),
         "desc" => {
             // Take one buffer honestly, then queue a descriptor pointing
             // past the pool.
@@ -344,7 +374,12 @@ fn child_hostile(role: &str) -> String {
         if role == "scribble" {
             // Random values into every counter, over and over.
             for dir in 0..2 {
-                for which in [layout::ACTIVE_HEAD, layout::ACTIVE_TAIL, layout::FREE_HEAD, layout::FREE_TAIL] {
+                for which in [
+                    layout::ACTIVE_HEAD,
+                    layout::ACTIVE_TAIL,
+                    layout::FREE_HEAD,
+                    layout::FREE_TAIL,
+                ] {
                     x ^= x << 13;
                     x ^= x >> 17;
                     x ^= x << 5;
@@ -406,7 +441,12 @@ fn serve_hostile(role: &str) -> State {
         }
         good.flush();
         waiter
-            .wait(moved > 0, [&mut good, &mut bad], &[], Some(Duration::from_millis(50)))
+            .wait(
+                moved > 0,
+                [&mut good, &mut bad],
+                &[],
+                Some(Duration::from_millis(50)),
+            )
             .unwrap();
     }
     let r = peer.finish(Duration::from_secs(5));
