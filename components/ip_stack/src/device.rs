@@ -1,0 +1,341 @@
+//! The smoltcp [`Device`] of the stack: Ethernet frames to and from the
+//! `nic` channel.
+//!
+//! The device is written against [`FrameQueue`], a small frame-queue trait
+//! that the packet ring implements (and a test can implement over a
+//! `VecDeque`). Tokens reach ring buffers directly: a received frame is
+//! handed to smoltcp as the slice inside the shared-memory buffer, and a
+//! transmitted frame is written by smoltcp straight into a ring buffer
+//! (`send_with`). Nothing is allocated per frame, and the ring is flushed
+//! (one doorbell at most) once per poll round by the caller.
+//!
+//! smoltcp builds immediate answers (ARP replies, echo replies, RSTs) with
+//! the tx token it got *together with* the rx token, while the received
+//! frame is still borrowed; such a frame is built in a one-frame scratch
+//! buffer and queued as soon as the received frame is released.
+//!
+//! Every received frame is classified first ([`crate::classify`]) and passed
+//! through the input filter hook; every transmitted one through the output
+//! filter hook. A dropped received frame is handed to smoltcp as an empty
+//! slice, which it ignores.
+
+use core::cell::{Cell, RefCell};
+
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use crate::classify::{self, Local, Ports, Reason, Verdict, REASONS};
+use crate::filter::{self, Filter};
+
+/// A queue of Ethernet frames in both directions (one channel).
+pub trait FrameQueue {
+    /// Whether a received frame is waiting.
+    fn rx_pending(&mut self) -> bool;
+    /// Hands the next received frame to `f`, then releases its buffer.
+    /// `None` when no frame is waiting (or the channel is down).
+    fn recv_one<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R>;
+    /// Whether one more frame can be queued for transmission right now.
+    fn tx_room(&mut self) -> bool;
+    /// Queues a frame written by `f` into a buffer of at least `len` bytes;
+    /// `f` returns the frame's final length (0: nothing is sent). False if
+    /// no buffer was free.
+    fn send_with(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> usize) -> bool;
+}
+
+/// Frame counters of the device.
+pub struct Counters {
+    pub rx_frames: Cell<u64>,
+    pub tx_frames: Cell<u64>,
+    pub drops: [Cell<u64>; REASONS],
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            rx_frames: Cell::new(0),
+            tx_frames: Cell::new(0),
+            drops: core::array::from_fn(|_| Cell::new(0)),
+        }
+    }
+
+    pub fn count(&self, reason: Reason) {
+        let c = &self.drops[reason as usize];
+        c.set(c.get() + 1);
+    }
+
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+/// State the tokens share (they live at the same time, so by `&`).
+pub struct Shared {
+    pub local: Local,
+    pub ports: Ports,
+    pub counters: Counters,
+    pub filter: RefCell<Filter>,
+    /// The answer smoltcp built while a received frame was borrowed.
+    deferred: RefCell<Deferred>,
+}
+
+struct Deferred {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+/// The device: a frame queue and the shared state of its tokens.
+pub struct NicDevice<Q> {
+    pub queue: Q,
+    pub shared: Shared,
+    mtu: usize,
+}
+
+impl<Q: FrameQueue> NicDevice<Q> {
+    /// `mtu` is the largest Ethernet frame (header included) the channel
+    /// carries.
+    pub fn new(queue: Q, local: Local, mtu: usize) -> Self {
+        NicDevice {
+            queue,
+            shared: Shared {
+                local,
+                ports: Ports::default(),
+                counters: Counters::new(),
+                filter: RefCell::new(Filter::default()),
+                deferred: RefCell::new(Deferred {
+                    buf: vec![0; mtu].into_boxed_slice(),
+                    len: 0,
+                }),
+            },
+            mtu,
+        }
+    }
+
+    /// Queues a frame left in the scratch buffer (if the ring was full
+    /// when it was built).
+    pub fn flush_deferred(&mut self) {
+        flush_deferred(&mut self.queue, &self.shared);
+    }
+}
+
+fn flush_deferred<Q: FrameQueue>(queue: &mut Q, shared: &Shared) {
+    let mut d = shared.deferred.borrow_mut();
+    if d.len == 0 {
+        return;
+    }
+    let len = d.len;
+    let sent = queue.send_with(len, |buf| match buf.get_mut(..len) {
+        Some(out) => {
+            out.copy_from_slice(&d.buf[..len]);
+            len
+        }
+        None => 0,
+    });
+    if sent {
+        bump(&shared.counters.tx_frames);
+    } else {
+        shared.counters.count(Reason::TxRingFull);
+    }
+    d.len = 0;
+}
+
+impl<Q: FrameQueue> phy::Device for NicDevice<Q> {
+    type RxToken<'a>
+        = RxToken<'a, Q>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, Q>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_, Q>, TxToken<'_, Q>)> {
+        if !self.queue.rx_pending() {
+            return None;
+        }
+        let NicDevice { queue, shared, .. } = self;
+        let shared = &*shared;
+        Some((
+            RxToken { queue, shared },
+            TxToken {
+                queue: None,
+                shared,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_, Q>> {
+        if !self.queue.tx_room() {
+            return None;
+        }
+        let NicDevice { queue, shared, .. } = self;
+        Some(TxToken {
+            queue: Some(queue),
+            shared,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu;
+        caps.max_burst_size = None;
+        // Received checksums were verified by the classifier.
+        let mut sums = ChecksumCapabilities::default();
+        sums.ipv4 = Checksum::Tx;
+        sums.udp = Checksum::Tx;
+        sums.tcp = Checksum::Tx;
+        sums.icmpv4 = Checksum::Tx;
+        caps.checksum = sums;
+        caps
+    }
+}
+
+/// A received frame, read in place from its ring buffer.
+pub struct RxToken<'a, Q> {
+    queue: &'a mut Q,
+    shared: &'a Shared,
+}
+
+impl<Q: FrameQueue> phy::RxToken for RxToken<'_, Q> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        let RxToken { queue, shared } = self;
+        let mut f = Some(f);
+        let mut result = None;
+        queue.recv_one(|frame| {
+            bump(&shared.counters.rx_frames);
+            let pass = match classify::classify(frame, &shared.local, &shared.ports) {
+                Verdict::Drop(reason) => {
+                    shared.counters.count(reason);
+                    false
+                }
+                Verdict::DeliverCounted(reason) => {
+                    shared.counters.count(reason);
+                    true
+                }
+                Verdict::Deliver => true,
+            };
+            let pass = pass
+                && match shared.filter.borrow_mut().input(frame) {
+                    filter::Verdict::Accept => true,
+                    filter::Verdict::Drop => {
+                        shared.counters.count(Reason::FilterInput);
+                        false
+                    }
+                };
+            if let Some(f) = f.take() {
+                result = Some(f(if pass { frame } else { &[] }));
+            }
+        });
+        // An answer built while the frame was borrowed goes out now.
+        flush_deferred(queue, shared);
+        match result {
+            Some(r) => r,
+            // The queue had lost its frame (channel went down between
+            // `receive` and here): smoltcp ignores an empty frame.
+            None => (f.take().expect("f is only taken when result is set"))(&[]),
+        }
+    }
+}
+
+/// A frame to transmit: straight into a ring buffer, or (while a received
+/// frame is borrowed) into the scratch buffer.
+pub struct TxToken<'a, Q> {
+    queue: Option<&'a mut Q>,
+    shared: &'a Shared,
+}
+
+impl<Q: FrameQueue> phy::TxToken for TxToken<'_, Q> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let TxToken { queue, shared } = self;
+        let mut f = Some(f);
+        let mut result = None;
+        let mut build = |buf: &mut [u8]| -> usize {
+            let Some(frame) = buf.get_mut(..len) else {
+                return 0;
+            };
+            if let Some(f) = f.take() {
+                result = Some(f(frame));
+            }
+            match shared.filter.borrow_mut().output(frame) {
+                filter::Verdict::Accept => {
+                    bump(&shared.counters.tx_frames);
+                    len
+                }
+                filter::Verdict::Drop => {
+                    shared.counters.count(Reason::FilterOutput);
+                    0
+                }
+            }
+        };
+        match queue {
+            Some(queue) => {
+                if !queue.send_with(len, &mut build) {
+                    shared.counters.count(Reason::TxRingFull);
+                }
+            }
+            None => {
+                let mut d = shared.deferred.borrow_mut();
+                let d = &mut *d;
+                d.len = build(&mut d.buf);
+            }
+        }
+        match result {
+            Some(r) => r,
+            // No buffer: smoltcp still needs its closure run; the frame is
+            // built into the scratch buffer and dropped (counted above).
+            None => {
+                let mut d = shared.deferred.borrow_mut();
+                let n = len.min(d.buf.len());
+                (f.take().expect("f is only taken when result is set"))(&mut d.buf[..n])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A frame queue over two deques (tests only).
+    #[derive(Default)]
+    pub struct VecQueue {
+        pub rx: VecDeque<Vec<u8>>,
+        pub tx: VecDeque<Vec<u8>>,
+        pub tx_limit: usize,
+    }
+
+    impl FrameQueue for VecQueue {
+        fn rx_pending(&mut self) -> bool {
+            !self.rx.is_empty()
+        }
+        fn recv_one<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+            self.rx.pop_front().map(|fr| f(&fr))
+        }
+        fn tx_room(&mut self) -> bool {
+            self.tx.len() < self.tx_limit
+        }
+        fn send_with(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> usize) -> bool {
+            if !self.tx_room() {
+                return false;
+            }
+            let mut b = vec![0; len];
+            let n = f(&mut b);
+            if n > 0 {
+                b.truncate(n);
+                self.tx.push_back(b);
+            }
+            true
+        }
+    }
+}
