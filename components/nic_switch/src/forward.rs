@@ -186,10 +186,15 @@ impl<P: PortIo> Switch<P> {
         self.table.expire(now);
     }
 
-    /// One forwarding round at time `now`. Returns the number of frames
-    /// received; ports whose peer broke the protocol are taken down and
-    /// reported through `on_disconnect`.
-    pub fn poll(&mut self, now: u64, mut on_disconnect: impl FnMut(Disconnect)) -> usize {
+    /// One forwarding round at time `now`. Returns how many frames were
+    /// received and how many copies were delivered to egress ports; ports
+    /// whose peer broke the protocol are taken down and reported through
+    /// `on_disconnect`.
+    ///
+    /// A round that received frames but delivered none (every egress ring
+    /// full) did no useful work: the caller should treat it as idle and let
+    /// the consumers on its core run (the waiter yields).
+    pub fn poll(&mut self, now: u64, mut on_disconnect: impl FnMut(Disconnect)) -> Round {
         let Switch {
             ports,
             table,
@@ -197,6 +202,7 @@ impl<P: PortIo> Switch<P> {
             batch,
         } = self;
         let mut received = 0;
+        let delivered_before = delivered_total(ports);
         for i in 0..ports.len() {
             let (before, rest) = ports.split_at_mut(i);
             let (ingress, after) = rest.split_first_mut().expect("i < len");
@@ -237,7 +243,10 @@ impl<P: PortIo> Switch<P> {
                 }
             }
         }
-        received
+        Round {
+            received,
+            delivered: (delivered_total(ports) - delivered_before) as usize,
+        }
     }
 
     /// `key value` lines for the `stats` verb.
@@ -269,6 +278,20 @@ impl<P: PortIo> Switch<P> {
         }
         s
     }
+}
+
+/// Copies delivered to all ports so far.
+fn delivered_total<P>(ports: &[Port<P>]) -> u64 {
+    ports.iter().map(|p| p.counters.tx_frames).sum()
+}
+
+/// What one forwarding round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Round {
+    /// Frames taken from ingress rings.
+    pub received: usize,
+    /// Copies queued on egress rings.
+    pub delivered: usize,
 }
 
 /// Learn, look up, filter and copy one frame that arrived on port `i`.
@@ -473,7 +496,13 @@ mod tests {
         for _ in 0..10 {
             io(&mut s, 0).rx.push_back(frame(0xb, 0xa));
         }
-        assert_eq!(s.poll(0, |_| {}), 4);
+        assert_eq!(
+            s.poll(0, |_| {}),
+            Round {
+                received: 4,
+                delivered: 4
+            }
+        );
         assert_eq!(io(&mut s, 1).tx.len(), 4);
         assert_eq!(io(&mut s, 1).flushes, 1);
         assert_eq!(io(&mut s, 0).flushes, 0);

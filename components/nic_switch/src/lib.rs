@@ -16,5 +16,5 @@ pub mod forward;
 pub mod mac_table;
 pub mod port;
 
-pub use forward::{Disconnect, DropReason, Port, PortCounters, PortIo, Switch};
+pub use forward::{Disconnect, DropReason, Port, PortCounters, PortIo, Round, Switch};
 pub use mac_table::{Lookup, MacTable, PortId};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fragnet_host::{info, warn, Control, Env};
 use nic_switch::Switch;
-use packet_ring::linux::{Channel, ChannelFds, Waiter};
+use packet_ring::linux::{Channel, ChannelFds, Policy, Waiter};
 use packet_ring::Side;
 
 /// `<config>` of the switch, defaults in one place.
@@ -21,6 +21,8 @@ struct Config {
     mac_aging_s: u64,
     mac_table_size: usize,
     batch: usize,
+    /// Idle rounds spent spinning before the waiter starts yielding.
+    spin: u32,
 }
 
 impl Config {
@@ -34,6 +36,7 @@ impl Config {
                 .attr_or("mac_table_size", 4096usize)
                 .map_err(|e| e.to_string())?,
             batch: node.attr_or("batch", 64usize).map_err(|e| e.to_string())?,
+            spin: node.attr_or("spin", 0u32).map_err(|e| e.to_string())?,
         };
         if c.mac_table_size == 0 || c.batch == 0 {
             return Err("<config>: mac_table_size and batch must be at least 1".into());
@@ -93,11 +96,14 @@ fn run() -> Result<(), String> {
     }
 
     let start = Instant::now();
-    let mut waiter = Waiter::new();
+    let mut waiter = Waiter::with_policy(Policy {
+        spin: config.spin,
+        ..Policy::default()
+    });
     let mut last_housekeeping = Instant::now();
     loop {
         let now = start.elapsed().as_secs();
-        let moved = switch.poll(now, |d| {
+        let round = switch.poll(now, |d| {
             warn!(
                 "port {} '{}' disconnected: peer broke the ring protocol: {}",
                 d.port, d.label, d.reason
@@ -113,7 +119,7 @@ fn run() -> Result<(), String> {
         let control_fd = control.as_ref().map(|c| c.fd());
         let wake = waiter
             .wait(
-                moved > 0,
+                round.delivered > 0,
                 switch.live_io_mut(),
                 control_fd.as_slice(),
                 Some(Duration::from_secs(1)),
