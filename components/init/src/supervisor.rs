@@ -1,0 +1,909 @@
+//! `fragnet run`: start the plan, supervise, serve the control socket.
+//!
+//! One thread, one `poll` loop over a signalfd (SIGCHLD, SIGINT, SIGTERM,
+//! SIGHUP), the listening control socket and its client connections, with
+//! a one-second tick for restarts and for watching the run script and rule
+//! files.
+//!
+//! Channels follow processes: when a component (re)starts, every one of
+//! its links gets a fresh channel; the peer, if running, receives its new
+//! end as `channel <label> <side>` + 3 fds on its control socket and drops
+//! the old one (link down, link up). An end whose peer is not running yet
+//! waits in the link until that peer starts.
+
+use crate::rules::{self, Ruleset};
+use crate::script::{Checks, Plan, Script};
+use crate::spawn::{spawn, SpawnSpec};
+use fragnet_host::{error, info, warn, Control};
+use packet_ring::linux::ChannelFds;
+use packet_ring::Side;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fd::{AsFd, FromRawFd, OwnedFd};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A component that ran at least this long had a real run: its crash
+/// counter starts over.
+const FAST_CRASH: Duration = Duration::from_secs(10);
+/// Consecutive fast crashes after which a component is given up.
+const MAX_FAST_CRASHES: u32 = 5;
+/// First restart delay; doubles per consecutive fast crash, up to 5 s.
+const BACKOFF: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long init waits for a component's reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long components get to exit after `shutdown`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum State {
+    Running,
+    /// Waiting to be restarted at the given time.
+    Backoff(Instant),
+    /// Crashed too often; not restarted.
+    Failed,
+}
+
+struct Proc {
+    child: Option<Child>,
+    control: Option<Control>,
+    state: State,
+    started: Instant,
+    restarts: u32,
+    fast_crashes: u32,
+    last_exit: Option<String>,
+}
+
+struct LinkState {
+    /// An end waiting for the side that is not running, whose peer (running)
+    /// holds the other end of the same channel.
+    pending: Option<(Side, ChannelFds)>,
+}
+
+struct Client {
+    ctl: Control,
+}
+
+/// What the control loop should do after a request.
+pub struct Supervisor {
+    script: Script,
+    script_text: String,
+    plan: Plan,
+    procs: Vec<Proc>,
+    links: Vec<LinkState>,
+    taps: Vec<String>,
+    listener: Option<OwnedFd>,
+    socket_path: Option<PathBuf>,
+    clients: Vec<Client>,
+    sigfd: OwnedFd,
+    /// Ruleset last loaded, per start index.
+    rules_sent: HashMap<usize, Ruleset>,
+    cleaned: bool,
+}
+
+fn side_str(s: Side) -> &'static str {
+    match s {
+        Side::A => "A",
+        Side::B => "B",
+    }
+}
+
+/// Blocks the signals init handles and returns a signalfd for them.
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: plain libc calls on a local sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Drains the signalfd; returns the signal numbers seen.
+fn read_signals(fd: &OwnedFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>() * 8];
+    while let Ok(n) = rustix::io::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        for chunk in buf[..n].chunks_exact(size) {
+            // ssi_signo is the first u32 of signalfd_siginfo.
+            out.push(u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as i32);
+        }
+    }
+    out
+}
+
+/// Binds the control socket, refusing to take over one a live fragnet serves.
+fn bind_control(path: &Path) -> io::Result<OwnedFd> {
+    let ctx = |what: &str, e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("control socket {}: {what}: {e}", path.display()),
+        )
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ctx("creating its directory", e))?;
+    }
+    let addr = SocketAddrUnix::new(path).map_err(|e| ctx("bad path", e.into()))?;
+    if path.exists() {
+        let probe = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None)?;
+        if rustix::net::connect(&probe, &addr).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "control socket {} is in use by a running fragnet (stop it, or set <config control=\"…\">)",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| ctx("removing a stale socket", e))?;
+    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::bind(&fd, &addr).map_err(|e| ctx("bind", e.into()))?;
+    // Anyone may connect; SO_PEERCRED decides who is served, and the others
+    // get a refusal they can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| ctx("chmod", e))?;
+    rustix::net::listen(&fd, 16).map_err(|e| ctx("listen", e.into()))?;
+    Ok(fd)
+}
+
+fn run_ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running `ip {}`: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    /// Validates, binds the control socket, creates TAP devices and starts
+    /// every component. On error, everything created is removed again.
+    pub fn start(script_path: &Path) -> Result<Supervisor, String> {
+        let checks = Checks::for_this_process();
+        let script = Script::load(script_path, &checks).map_err(|e| e.to_string())?;
+        let script_text = std::fs::read_to_string(script_path).unwrap_or_default();
+        let plan = Plan::new(&script);
+        let sigfd = signal_fd().map_err(|e| format!("signalfd: {e}"))?;
+        let procs = plan
+            .instances
+            .iter()
+            .map(|_| Proc {
+                child: None,
+                control: None,
+                state: State::Backoff(Instant::now()),
+                started: Instant::now(),
+                restarts: 0,
+                fast_crashes: 0,
+                last_exit: None,
+            })
+            .collect();
+        let links = plan
+            .links
+            .iter()
+            .map(|_| LinkState { pending: None })
+            .collect();
+        let mut sup = Supervisor {
+            script,
+            script_text,
+            plan,
+            procs,
+            links,
+            taps: Vec::new(),
+            listener: None,
+            socket_path: None,
+            clients: Vec::new(),
+            sigfd,
+            rules_sent: HashMap::new(),
+            cleaned: false,
+        };
+        // From here on, `sup` removes what it created when dropped.
+        let path = sup.script.control_path.clone();
+        sup.listener = Some(bind_control(&path).map_err(|e| e.to_string())?);
+        sup.socket_path = Some(path);
+        sup.create_taps()?;
+        for i in 0..sup.plan.instances.len() {
+            sup.spawn_instance(i)?;
+        }
+        for s in 0..sup.script.starts.len() {
+            sup.load_rules(s, true);
+        }
+        info!(
+            "running {} ({} processes, {} channels); control socket {}",
+            sup.script.path.display(),
+            sup.plan.instances.len(),
+            sup.plan.links.len(),
+            sup.script.control_path.display()
+        );
+        Ok(sup)
+    }
+
+    fn create_taps(&mut self) -> Result<(), String> {
+        let taps: Vec<_> = self
+            .script
+            .starts
+            .iter()
+            .filter_map(|s| s.tap.clone())
+            .collect();
+        for t in taps {
+            fragnet_host::tap::create_persistent(&t.ifname, t.queues > 1)
+                .map_err(|e| e.to_string())?;
+            self.taps.push(t.ifname.clone());
+            if let Some(mtu) = t.mtu {
+                run_ip(&["link", "set", "dev", &t.ifname, "mtu", &mtu.to_string()])
+                    .map_err(|e| e.to_string())?;
+            }
+            if let Some(ip) = &t.host_ip {
+                run_ip(&["addr", "add", ip, "dev", &t.ifname]).map_err(|e| e.to_string())?;
+            }
+            run_ip(&["link", "set", "dev", &t.ifname, "up"]).map_err(|e| e.to_string())?;
+            info!(
+                "created TAP device {} ({} queue{}{})",
+                t.ifname,
+                t.queues,
+                if t.queues == 1 { "" } else { "s" },
+                t.host_ip
+                    .as_deref()
+                    .map(|ip| format!(", host side {ip}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    fn running(&self, i: usize) -> bool {
+        self.procs[i].state == State::Running
+    }
+
+    /// Starts instance `i` with fresh (or waiting) channel ends.
+    fn spawn_instance(&mut self, i: usize) -> Result<(), String> {
+        let inst = self.plan.instances[i].clone();
+        let start = &self.script.starts[inst.start];
+        let (ctl, child_ctl) = Control::pair().map_err(|e| format!("socketpair: {e}"))?;
+        ctl.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut channels = Vec::new();
+        let mut notify: Vec<(usize, String, Side, ChannelFds)> = Vec::new();
+        for (li, link) in self.plan.links.iter().enumerate() {
+            let (mine, peer, my_label, peer_label) = if link.provider == i {
+                (
+                    Side::A,
+                    link.client,
+                    &link.provider_label,
+                    &link.client_label,
+                )
+            } else if link.client == i {
+                (
+                    Side::B,
+                    link.provider,
+                    &link.client_label,
+                    &link.provider_label,
+                )
+            } else {
+                continue;
+            };
+            let waiting = match self.links[li].pending.take() {
+                Some((side, fds)) if side == mine => Some(fds),
+                _ => None,
+            };
+            let fds = match waiting {
+                Some(f) => f,
+                None => {
+                    let name = format!(
+                        "fragnet:{}:{}",
+                        self.plan.instances[link.provider].name, link.provider_label
+                    );
+                    let fresh = packet_ring::linux::create(&packet_ring::Config::default(), &name)
+                        .map_err(|e| format!("creating channel {name}: {e}"))?;
+                    let other = fresh
+                        .try_clone()
+                        .map_err(|e| format!("duplicating channel fds: {e}"))?;
+                    if self.procs[peer].state == State::Running {
+                        notify.push((peer, peer_label.clone(), mine.peer(), other));
+                    } else {
+                        self.links[li].pending = Some((mine.peer(), other));
+                    }
+                    fresh
+                }
+            };
+            channels.push((my_label.clone(), mine, fds));
+        }
+        let binary = start
+            .binary_path
+            .clone()
+            .ok_or_else(|| format!("no binary for {}", inst.name))?;
+        let child = spawn(SpawnSpec {
+            name: &inst.name,
+            binary: &binary,
+            config_xml: &start.config_xml,
+            script_dir: &self.script.dir,
+            queue: inst.queue,
+            cpu: start.cpu,
+            control: child_ctl,
+            channels,
+        })
+        .map_err(|e| e.to_string())?;
+        info!(
+            "started {} (pid {}{})",
+            inst.name,
+            child.id(),
+            start.cpu.map(|c| format!(", cpu {c}")).unwrap_or_default()
+        );
+        let p = &mut self.procs[i];
+        p.child = Some(child);
+        p.control = Some(ctl);
+        p.state = State::Running;
+        p.started = Instant::now();
+        for (peer, label, side, fds) in notify {
+            self.send_channel(peer, &label, side, fds);
+        }
+        Ok(())
+    }
+
+    fn send_channel(&mut self, peer: usize, label: &str, side: Side, fds: ChannelFds) {
+        let name = self.plan.instances[peer].name.clone();
+        let msg = format!("channel {label} {}", side_str(side));
+        let borrowed = [fds.memfd.as_fd(), fds.wake_a.as_fd(), fds.wake_b.as_fd()];
+        match self.request(peer, &msg, &borrowed) {
+            Ok(r) if r.is_ok() => info!("{name}: new channel {label} (link re-established)"),
+            Ok(r) => warn!("{name}: refused `{msg}`: {}", r.body.trim()),
+            Err(e) => warn!("{name}: `{msg}` not acknowledged: {e}"),
+        }
+    }
+
+    /// Sends one request to a running instance and waits for its reply.
+    fn request(
+        &mut self,
+        i: usize,
+        text: &str,
+        fds: &[rustix::fd::BorrowedFd<'_>],
+    ) -> Result<fragnet_host::ControlMsg, String> {
+        let name = &self.plan.instances[i].name;
+        let Some(ctl) = self.procs[i].control.as_mut() else {
+            return Err(format!("{name} is not running"));
+        };
+        // Drop replies to earlier requests that timed out.
+        while let Ok(Some(_)) = ctl.recv() {}
+        ctl.send_with_fds(text, fds)
+            .map_err(|e| format!("sending to {name}: {e}"))?;
+        match ctl.recv_timeout(REPLY_TIMEOUT) {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(format!("{name} closed its control socket")),
+            Err(e) => Err(format!("{name}: {e}")),
+        }
+    }
+
+    /// Sends the start's ruleset to its running instances (if it has one
+    /// and, unless `force`, it changed since last sent).
+    fn load_rules(&mut self, s: usize, force: bool) {
+        let start = &self.script.starts[s];
+        if start.nftables.is_empty() {
+            return;
+        }
+        let rs = match rules::read(&start.nftables) {
+            Ok(rs) => rs,
+            Err(e) => {
+                error!("{}: {e}", start.name);
+                return;
+            }
+        };
+        if !force && self.rules_sent.get(&s) == Some(&rs) {
+            return;
+        }
+        let what = rules::describe(&start.nftables);
+        let insts: Vec<usize> = (0..self.plan.instances.len())
+            .filter(|&i| self.plan.instances[i].start == s && self.running(i))
+            .collect();
+        for i in insts {
+            let name = self.plan.instances[i].name.clone();
+            match self.request(i, &format!("nft load\n{}", rs.text), &[]) {
+                Ok(r) if r.is_ok() => info!("{name}: loaded ruleset {what}"),
+                Ok(r) if r.body.contains("not supported") => {
+                    warn!("{name}: does not support nft rules ({what} not loaded)")
+                }
+                Ok(r) => error!("{name}: ruleset rejected: {}", rs.locate(&r.body)),
+                Err(e) => error!("{name}: loading {what}: {e}"),
+            }
+        }
+        self.rules_sent.insert(s, rs);
+    }
+
+    /// Handles exits: logs them and schedules restarts.
+    fn reap(&mut self, shutting_down: bool) {
+        for i in 0..self.procs.len() {
+            let status = match self.procs[i].child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(st))) => st,
+                _ => continue,
+            };
+            let name = self.plan.instances[i].name.clone();
+            let p = &mut self.procs[i];
+            let pid = p.child.as_ref().map_or(0, |c| c.id());
+            p.child = None;
+            p.control = None;
+            p.last_exit = Some(status.to_string());
+            for (li, link) in self.plan.links.iter().enumerate() {
+                if link.provider == i || link.client == i {
+                    // The other end of a waiting channel was this process's.
+                    self.links[li].pending = None;
+                }
+            }
+            if shutting_down {
+                p.state = State::Failed;
+                continue;
+            }
+            let ran = p.started.elapsed();
+            p.fast_crashes = if ran < FAST_CRASH {
+                p.fast_crashes + 1
+            } else {
+                1
+            };
+            if p.fast_crashes > MAX_FAST_CRASHES {
+                p.state = State::Failed;
+                error!(
+                    "{name} (pid {pid}) exited ({status}) — {} crashes within {}s of starting; giving up on it",
+                    p.fast_crashes - 1,
+                    FAST_CRASH.as_secs()
+                );
+                continue;
+            }
+            let delay = BACKOFF
+                .saturating_mul(1 << (p.fast_crashes - 1).min(10))
+                .min(BACKOFF_MAX);
+            p.state = State::Backoff(Instant::now() + delay);
+            warn!(
+                "{name} (pid {pid}) exited ({status}) after {:.1}s; restarting in {} ms",
+                ran.as_secs_f64(),
+                delay.as_millis()
+            );
+        }
+    }
+
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.procs.len() {
+            if let State::Backoff(at) = self.procs[i].state {
+                if at <= now {
+                    self.procs[i].restarts += 1;
+                    match self.spawn_instance(i) {
+                        Ok(()) => {
+                            let s = self.plan.instances[i].start;
+                            // A fresh process has no rules: send them again
+                            // (to this instance; the others have them).
+                            self.load_rules_to(s, i);
+                        }
+                        Err(e) => {
+                            error!("restarting {}: {e}", self.plan.instances[i].name);
+                            let p = &mut self.procs[i];
+                            p.fast_crashes += 1;
+                            p.state = if p.fast_crashes > MAX_FAST_CRASHES {
+                                State::Failed
+                            } else {
+                                State::Backoff(now + BACKOFF_MAX)
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn load_rules_to(&mut self, s: usize, i: usize) {
+        let Some(rs) = self.rules_sent.get(&s).cloned() else {
+            return;
+        };
+        let name = self.plan.instances[i].name.clone();
+        match self.request(i, &format!("nft load\n{}", rs.text), &[]) {
+            Ok(r) if r.is_ok() => info!("{name}: ruleset loaded again after restart"),
+            Ok(r) if r.body.contains("not supported") => {}
+            Ok(r) => error!("{name}: ruleset rejected: {}", rs.locate(&r.body)),
+            Err(e) => error!("{name}: reloading rules: {e}"),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.procs
+            .iter()
+            .filter_map(|p| match p.state {
+                State::Backoff(at) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Re-reads the run script and the rule files; applies changed rules.
+    fn watch(&mut self) {
+        let text = std::fs::read_to_string(&self.script.path).unwrap_or_default();
+        if !text.is_empty() && text != self.script_text {
+            self.script_text = text.clone();
+            self.reload_script(&text);
+        }
+        for s in 0..self.script.starts.len() {
+            self.load_rules(s, false);
+        }
+    }
+
+    fn reload_script(&mut self, text: &str) {
+        let mut checks = Checks::for_this_process();
+        checks.tap_absent = false;
+        let new = match Script::parse(&self.script.path, text, &checks) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("run script changed but is invalid; keeping the running setup:\n{e}");
+                return;
+            }
+        };
+        info!("run script {} changed", self.script.path.display());
+        let mut ignored = Vec::new();
+        for (i, old) in self.script.starts.iter_mut().enumerate() {
+            match new.start(&old.name) {
+                Some(n) => {
+                    if n.nftables != old.nftables {
+                        old.nftables = n.nftables.clone();
+                        self.rules_sent.remove(&i);
+                    }
+                    let mut a = n.clone();
+                    a.nftables = old.nftables.clone();
+                    a.config_xml = strip_nftables(&a.config_xml);
+                    let mut b = old.clone();
+                    b.config_xml = strip_nftables(&b.config_xml);
+                    if a != b {
+                        ignored.push(old.name.clone());
+                    }
+                }
+                None => ignored.push(format!("{} (removed)", old.name)),
+            }
+        }
+        for n in &new.starts {
+            if self.script.start(&n.name).is_none() {
+                ignored.push(format!("{} (added)", n.name));
+            }
+        }
+        if !ignored.is_empty() {
+            warn!(
+                "only <nftables> changes apply while running; restart fragnet to apply the changes to: {}",
+                ignored.join(", ")
+            );
+        }
+    }
+
+    // --- control socket -------------------------------------------------
+
+    fn accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        while let Ok(fd) = rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+            let ctl = Control::from_fd(fd);
+            let uid = rustix::net::sockopt::socket_peercred(ctl.fd()).map(|c| c.uid.as_raw());
+            match uid {
+                Ok(uid) if self.script.allow_uids.contains(&uid) => {
+                    let _ = ctl.set_nonblocking(true);
+                    self.clients.push(Client { ctl });
+                }
+                Ok(uid) => {
+                    warn!("refused control connection from uid {uid}");
+                    let _ = ctl.reply(&format!(
+                        "error\npermission denied: uid {uid} may not control this fragnet (allowed uids: {})",
+                        self.script
+                            .allow_uids
+                            .iter()
+                            .map(|u| u.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                Err(e) => warn!("control connection without credentials: {e}"),
+            }
+        }
+    }
+
+    fn serve_client(&mut self, c: usize) -> bool {
+        let msg = match self.clients[c].ctl.recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                let _ = self.clients[c].ctl.reply(&format!("error\n{e}"));
+                return true;
+            }
+        };
+        let reply = self.handle(msg);
+        let _ = self.clients[c].ctl.reply(&reply);
+        true
+    }
+
+    /// Instances named by `target` (an instance name, or a start name for
+    /// all of its instances).
+    fn targets(&self, target: &str) -> Result<Vec<usize>, String> {
+        let exact: Vec<usize> = (0..self.plan.instances.len())
+            .filter(|&i| self.plan.instances[i].name == target)
+            .collect();
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        let by_start: Vec<usize> = (0..self.plan.instances.len())
+            .filter(|&i| self.script.starts[self.plan.instances[i].start].name == target)
+            .collect();
+        if by_start.is_empty() {
+            return Err(format!(
+                "no component named \"{target}\" (running: {})",
+                self.plan
+                    .instances
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(by_start)
+    }
+
+    fn forward(&mut self, target: &str, text: &str) -> String {
+        let insts = match self.targets(target) {
+            Ok(v) => v,
+            Err(e) => return format!("error\n{e}"),
+        };
+        if insts.len() == 1 {
+            return match self.request(insts[0], text, &[]) {
+                Ok(r) => reassemble(&r),
+                Err(e) => format!("error\n{e}"),
+            };
+        }
+        let mut ok = true;
+        let mut body = String::new();
+        for i in insts {
+            let name = self.plan.instances[i].name.clone();
+            let r = match self.request(i, text, &[]) {
+                Ok(r) => r,
+                Err(e) => {
+                    ok = false;
+                    body.push_str(&format!("# {name}: {e}\n"));
+                    continue;
+                }
+            };
+            ok &= r.is_ok();
+            body.push_str(&format!("# {name}: {}\n{}", r.verb, r.body));
+            if !body.ends_with('\n') {
+                body.push('\n');
+            }
+        }
+        format!("{}\n{body}", if ok { "ok" } else { "error" })
+    }
+
+    fn handle(&mut self, msg: fragnet_host::ControlMsg) -> String {
+        match (msg.verb.as_str(), msg.args.as_slice()) {
+            ("ping", []) => "ok".into(),
+            ("list", []) => format!("ok\n{}", self.list()),
+            ("stats", [target]) => self.forward(&target.clone(), "stats"),
+            ("nft", [target, rest @ ..]) if !rest.is_empty() => {
+                let mut text = format!("nft {}", rest.join(" "));
+                if !msg.body.is_empty() {
+                    text.push('\n');
+                    text.push_str(&msg.body);
+                }
+                self.forward(&target.clone(), &text)
+            }
+            ("reload", []) => {
+                let text = std::fs::read_to_string(&self.script.path).unwrap_or_default();
+                self.script_text = text.clone();
+                self.reload_script(&text);
+                for s in 0..self.script.starts.len() {
+                    self.load_rules(s, false);
+                }
+                "ok".into()
+            }
+            _ => format!(
+                "error\nunknown request \"{}\" (known: ping, list, stats NAME, nft NAME ARGS…, reload)",
+                msg.verb
+            ),
+        }
+    }
+
+    fn list(&self) -> String {
+        let mut out = format!(
+            "{:<20} {:>8} {:<10} {:>8} {:>4}  {}\n",
+            "NAME", "PID", "STATE", "RESTARTS", "CPU", "LAST EXIT"
+        );
+        for (i, inst) in self.plan.instances.iter().enumerate() {
+            let p = &self.procs[i];
+            let start = &self.script.starts[inst.start];
+            out.push_str(&format!(
+                "{:<20} {:>8} {:<10} {:>8} {:>4}  {}\n",
+                inst.name,
+                p.child.as_ref().map_or("-".into(), |c| c.id().to_string()),
+                match p.state {
+                    State::Running => "running",
+                    State::Backoff(_) => "restarting",
+                    State::Failed => "failed",
+                },
+                p.restarts,
+                start.cpu.map_or("-".into(), |c| c.to_string()),
+                p.last_exit.as_deref().unwrap_or("-")
+            ));
+        }
+        out
+    }
+
+    // --- main loop --------------------------------------------------------
+
+    /// Runs until SIGINT/SIGTERM; then shuts down.
+    pub fn run(mut self) -> i32 {
+        let mut last_watch = Instant::now();
+        loop {
+            let now = Instant::now();
+            let mut timeout = Duration::from_secs(1).saturating_sub(now - last_watch);
+            if let Some(at) = self.next_deadline() {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
+            let ts = Timespec {
+                tv_sec: timeout.as_secs() as i64,
+                tv_nsec: timeout.subsec_nanos() as i64,
+            };
+            let (sig_ready, listen_ready, client_ready) = {
+                let mut fds = vec![PollFd::new(&self.sigfd, PollFlags::IN)];
+                if let Some(l) = &self.listener {
+                    fds.push(PollFd::new(l, PollFlags::IN));
+                }
+                for c in &self.clients {
+                    fds.push(PollFd::from_borrowed_fd(c.ctl.fd(), PollFlags::IN));
+                }
+                match poll(&mut fds, Some(&ts)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => {
+                        error!("poll: {e}");
+                        break;
+                    }
+                }
+                let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+                (ready[0], ready[1], ready[2..].to_vec())
+            };
+            if sig_ready {
+                let mut stop = false;
+                for s in read_signals(&self.sigfd) {
+                    match s {
+                        libc::SIGINT | libc::SIGTERM => stop = true,
+                        libc::SIGHUP => {
+                            info!("SIGHUP: re-reading run script and rule files");
+                            let text =
+                                std::fs::read_to_string(&self.script.path).unwrap_or_default();
+                            self.script_text = text.clone();
+                            self.reload_script(&text);
+                        }
+                        _ => {}
+                    }
+                }
+                self.reap(false);
+                if stop {
+                    info!("shutting down");
+                    break;
+                }
+            }
+            if listen_ready {
+                self.accept();
+            }
+            let mut keep = Vec::with_capacity(self.clients.len());
+            for (c, ready) in client_ready.iter().enumerate() {
+                keep.push(!*ready || self.serve_client(c));
+            }
+            let mut k = keep.into_iter();
+            self.clients.retain(|_| k.next().unwrap_or(true));
+            self.restart_due();
+            if last_watch.elapsed() >= Duration::from_secs(1) {
+                last_watch = Instant::now();
+                self.watch();
+            }
+        }
+        self.cleanup();
+        0
+    }
+
+    /// Stops every component (`shutdown`, then SIGKILL), deletes TAP
+    /// devices and the control socket. Idempotent.
+    pub fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
+        for p in self.procs.iter_mut() {
+            if let (Some(ctl), Some(_)) = (&p.control, &p.child) {
+                let _ = ctl.send("shutdown");
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while Instant::now() < deadline && self.procs.iter().any(|p| p.child.is_some()) {
+            self.reap(true);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            if let Some(mut c) = p.child.take() {
+                warn!(
+                    "{} (pid {}) did not exit after shutdown; killing it",
+                    self.plan.instances[i].name,
+                    c.id()
+                );
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            p.control = None;
+        }
+        self.links.clear();
+        for t in self.taps.drain(..) {
+            match fragnet_host::tap::destroy(&t) {
+                Ok(()) => info!("deleted TAP device {t}"),
+                Err(e) => error!("{e}"),
+            }
+        }
+        if let Some(path) = self.socket_path.take() {
+            self.listener = None;
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A component's reply as text again (verb line + body).
+fn reassemble(m: &fragnet_host::ControlMsg) -> String {
+    let mut s = m.verb.clone();
+    for a in &m.args {
+        s.push(' ');
+        s.push_str(a);
+    }
+    if !m.body.is_empty() {
+        s.push('\n');
+        s.push_str(&m.body);
+    }
+    s
+}
+
+/// A `<config>` text without its `<nftables …/>` elements (to compare the
+/// rest of two configs).
+fn strip_nftables(xml: &str) -> String {
+    match fragnet_host::ConfigNode::parse(xml) {
+        Ok(node) => {
+            let mut out = xml.to_string();
+            let mut spans: Vec<_> = node
+                .children_named("nftables")
+                .map(|n| n.span.clone())
+                .collect();
+            spans.sort_by_key(|s| std::cmp::Reverse(s.start));
+            for s in spans {
+                out.replace_range(s, "");
+            }
+            out
+        }
+        Err(_) => xml.to_string(),
+    }
+}
