@@ -107,14 +107,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn client(spec: ChannelSpec) -> Result<(String, Channel), String> {
-    if spec.side != Side::A || !spec.label.starts_with("nic:") {
+/// Attach a channel of the driver: a client of its Nic service
+/// (`nic:<client>`, side A), or, for the wire, also its own Nic route
+/// (`nic`, side B: e.g. a wire that is a client of one switch and serves
+/// another).
+fn port(spec: ChannelSpec, allow_route: bool) -> Result<(String, Channel), String> {
+    let ok = match spec.side {
+        Side::A => spec.label.starts_with("nic:"),
+        Side::B => allow_route && spec.label == "nic",
+    };
+    if !ok {
         return Err(format!(
-            "channel '{}' (side {:?}): nic_drv provides Nic; expected 'nic:<client>' on side A",
-            spec.label, spec.side
+            "channel '{}' (side {:?}): expected 'nic:<client>' on side A{}",
+            spec.label,
+            spec.side,
+            if allow_route {
+                " or 'nic' on side B"
+            } else {
+                " (a TAP queue serves one client)"
+            }
         ));
     }
-    let ch = Channel::attach(spec.fds, Side::A)
+    let ch = Channel::attach(spec.fds, spec.side)
         .map_err(|e| format!("attaching channel '{}': {e}", spec.label))?;
     Ok((spec.label, ch))
 }
@@ -134,7 +148,7 @@ fn setup(env: &mut Env) -> Result<Backend, String> {
                      (route one client to each queue: <child name=\"…\" queue=\"i\"/>)"
                 ));
             }
-            let (_, nic) = client(channels.remove(0))?;
+            let (_, nic) = port(channels.remove(0), false)?;
             let fd = fragnet_host::tap::open_queue(ifname, queues > 1)
                 .map_err(|e| format!("backend tap: {e}"))?;
             info!(
@@ -154,11 +168,12 @@ fn setup(env: &mut Env) -> Result<Backend, String> {
                 (None, None) => {
                     if count != 2 {
                         return Err(format!(
-                            "backend wire (cable): needs exactly two clients, got {count}"
+                            "backend wire (cable): needs exactly two channels (clients or a \
+                             route), got {count}"
                         ));
                     }
-                    let (la, a) = client(channels.remove(0))?;
-                    let (lb, b) = client(channels.remove(0))?;
+                    let (la, a) = port(channels.remove(0), true)?;
+                    let (lb, b) = port(channels.remove(0), true)?;
                     info!("wire: cable between '{la}' and '{lb}'");
                     Ok(Backend::Cable(wire::Cable {
                         a: Some(a),
@@ -174,7 +189,7 @@ fn setup(env: &mut Env) -> Result<Backend, String> {
                             "backend wire (listen/connect): needs exactly one client, got {count}"
                         ));
                     }
-                    let (label, ch) = client(channels.remove(0))?;
+                    let (label, ch) = port(channels.remove(0), true)?;
                     if let Some(p) = listen {
                         let path = env.resolve(p);
                         wire::Remote::listen(&path, ch, label)

@@ -281,7 +281,7 @@ fn generator(mut ch: Channel, secs: u64) {
         ch.flush();
         sent += n as u64;
         round = round.wrapping_add(1);
-        if round % 1024 == 0 && Instant::now() >= end {
+        if round.is_multiple_of(1024) && Instant::now() >= end {
             break;
         }
         let _ = waiter.wait(
