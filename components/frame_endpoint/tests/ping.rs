@@ -1,0 +1,78 @@
+//! Two endpoints behind a switch reach each other: endpoint A pings B once
+//! a second, B answers, A counts the replies. Real processes started by
+//! `fragnet run`; no privileges needed (no TAP device).
+//!
+//! Build the workspace binaries first:
+//! `cargo build --bins -p fragnet_init -p nic_switch -p frame_endpoint`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fragnet_testkit::{bin_path, wait_for, write_script, Fragnet, TempDir};
+
+/// One counter of a component, from `fragnet stats`.
+fn stat(ctl: &Path, name: &str, key: &str) -> u64 {
+    let out = Command::new(bin_path("fragnet"))
+        .arg("stats")
+        .arg("--socket")
+        .arg(ctl)
+        .arg(name)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run fragnet stats");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const TWO_ENDPOINTS: &str = r#"<config control="ctl.sock">
+  <start name="switch">
+    <binary name="nic_switch"/>
+    <provides><service name="Nic"/></provides>
+  </start>
+  <start name="ep_a">
+    <binary name="frame_endpoint"/>
+    <config ip="10.77.0.10/24" ping="10.77.0.11"/>
+    <route><service name="Nic"><child name="switch"/></service></route>
+  </start>
+  <start name="ep_b">
+    <binary name="frame_endpoint"/>
+    <config ip="10.77.0.11/24" mac="02:00:00:00:00:0b"/>
+    <route><service name="Nic"><child name="switch"/></service></route>
+  </start>
+</config>
+"#;
+
+#[test]
+fn two_endpoints_reach_each_other_through_a_switch() {
+    let dir = TempDir::new("fnnic");
+    let script = write_script(dir.path(), "two.xml", TWO_ENDPOINTS);
+    let fragnet = Fragnet::start(None, &script);
+    let ctl = dir.path().join("ctl.sock");
+    assert!(
+        wait_for(Duration::from_secs(10), || stat(
+            &ctl,
+            "ep_a",
+            "ping_replies_received"
+        ) >= 3),
+        "A got no replies from B; A: {} sent, B: {} answered; log:\n{}",
+        stat(&ctl, "ep_a", "ping_requests_sent"),
+        stat(&ctl, "ep_b", "echo_requests_answered"),
+        fragnet.log()
+    );
+    // A resolved B with one ARP request, B answered it and every echo.
+    assert_eq!(stat(&ctl, "ep_a", "ping_arp_requests_sent"), 1);
+    assert_eq!(stat(&ctl, "ep_b", "arp_requests_answered"), 1);
+    let sent = stat(&ctl, "ep_a", "ping_requests_sent");
+    let replies = stat(&ctl, "ep_a", "ping_replies_received");
+    assert!(
+        replies >= 3 && replies <= sent,
+        "{replies} replies to {sent} requests"
+    );
+    assert!(stat(&ctl, "ep_b", "echo_requests_answered") >= replies);
+    assert_eq!(stat(&ctl, "ep_a", "drop_unexpected_echo_reply"), 0);
+    // The switch carried it: B's port saw A's frames.
+    assert!(stat(&ctl, "switch", "port.nic:ep_b.tx_frames") >= 4);
+}
