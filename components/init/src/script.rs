@@ -153,6 +153,8 @@ impl Checks {
         if let Some(p) = std::env::var_os("PATH") {
             bin_dirs.extend(std::env::split_paths(&p));
         }
+        let mut seen = HashSet::new();
+        bin_dirs.retain(|d| seen.insert(d.clone()));
         Checks {
             cpus: fragnet_host::available_cpus().unwrap_or_default(),
             net_admin: has_net_admin(),
@@ -325,14 +327,19 @@ impl Script {
         check_routes(&mut cx, &starts);
         check_taps(&mut cx, &starts, checks);
         if cx.errors.is_empty() {
-            Ok(Script {
+            let script = Script {
                 path: path.to_path_buf(),
                 dir,
                 control_path,
                 allow_uids,
                 starts,
-            })
-        } else {
+            };
+            check_tap_queues(&mut cx, &script);
+            if cx.errors.is_empty() {
+                return Ok(script);
+            }
+        }
+        {
             cx.errors.sort_by_key(|e| (e.line, e.col));
             Err(ScriptErrors(cx.errors))
         }
@@ -660,6 +667,30 @@ fn check_routes(cx: &mut Ctx<'_>, starts: &[Start]) {
     }
 }
 
+/// A TAP queue process serves exactly one client (a stack or a switch).
+fn check_tap_queues(cx: &mut Ctx<'_>, script: &Script) {
+    let plan = Plan::new(script);
+    for (i, inst) in plan.instances.iter().enumerate() {
+        let s = &script.starts[inst.start];
+        if s.tap.is_none() {
+            continue;
+        }
+        let clients = plan.links.iter().filter(|l| l.provider == i).count();
+        if clients != 1 {
+            cx.errors.push(ScriptError {
+                file: cx.file.to_path_buf(),
+                line: s.line,
+                col: s.col,
+                message: format!(
+                    "{}: TAP queue {} has {clients} clients; backend tap serves exactly one client per queue (route one stack or switch to each queue)",
+                    s.name,
+                    inst.queue.unwrap_or(0)
+                ),
+            });
+        }
+    }
+}
+
 fn check_taps(cx: &mut Ctx<'_>, starts: &[Start], checks: &Checks) {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for s in starts {
@@ -724,8 +755,9 @@ pub struct Plan {
 
 impl Plan {
     /// Expands starts into instances and routes into links. Routes to a
-    /// driver without `queue` are spread round-robin over its queues, in
-    /// script order.
+    /// driver without `queue` go to its least-loaded queue (after the
+    /// explicit `queue=` routes are counted), in script order: round-robin
+    /// when no queue is named.
     pub fn new(script: &Script) -> Plan {
         let mut instances = Vec::new();
         let mut first: Vec<usize> = Vec::new();
@@ -747,22 +779,42 @@ impl Plan {
                 });
             }
         }
-        let mut round_robin: HashMap<usize, u32> = HashMap::new();
+        // Queue load per driver start: explicit `queue=` first, then the
+        // routes without one go to the least-loaded queue (lowest on ties),
+        // in script order.
+        let mut load: HashMap<usize, Vec<u32>> = HashMap::new();
+        let provider_of = |r: &Route| script.starts.iter().position(|p| p.name == r.child);
+        for client in &instances {
+            for r in &script.starts[client.start].routes {
+                if let (Some(pi), Some(q)) = (provider_of(r), r.queue) {
+                    let n = script.starts[pi].queues as usize;
+                    if let Some(c) = load
+                        .entry(pi)
+                        .or_insert_with(|| vec![0; n])
+                        .get_mut(q as usize)
+                    {
+                        *c += 1;
+                    }
+                }
+            }
+        }
         let mut links = Vec::new();
         for (ci, client) in instances.iter().enumerate() {
             let s = &script.starts[client.start];
             for r in &s.routes {
-                let Some(pi) = script.starts.iter().position(|p| p.name == r.child) else {
+                let Some(pi) = provider_of(r) else {
                     continue;
                 };
                 let p = &script.starts[pi];
                 let q = match r.queue {
                     Some(q) => q,
                     None if p.queues > 1 => {
-                        let n = round_robin.entry(pi).or_insert(0);
-                        let q = *n % p.queues;
-                        *n += 1;
-                        q
+                        let counts = load.entry(pi).or_insert_with(|| vec![0; p.queues as usize]);
+                        let q = (0..counts.len())
+                            .min_by_key(|&q| (counts[q], q))
+                            .unwrap_or(0);
+                        counts[q] += 1;
+                        q as u32
                     }
                     None => 0,
                 };

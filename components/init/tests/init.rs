@@ -1,0 +1,617 @@
+//! End-to-end tests of `fragnet`: real processes, real channels, real TAP
+//! devices. Components are the `probe` example (an echoing test component,
+//! built by `cargo test`) and, when built, the real nic_drv / nic_switch /
+//! frame_endpoint. Tests that need root skip with a message otherwise.
+
+use fragnet_testkit::{
+    bin_dir, is_root, unique_name, wait_for, write_script, Fragnet, NetNs, TempDir,
+};
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn fragnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fragnet"))
+}
+
+fn examples_dir() -> PathBuf {
+    bin_dir().join("examples")
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run fragnet");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn client(sock: &Path, args: &[&str]) -> Output {
+    // Options go before the nft command words, which take everything after.
+    fragnet()
+        .arg(args[0])
+        .arg("--socket")
+        .arg(sock)
+        .args(&args[1..])
+        .output()
+        .expect("run fragnet client")
+}
+
+#[derive(Debug, Clone)]
+struct PsLine {
+    name: String,
+    pid: Option<u32>,
+    state: String,
+    restarts: u32,
+}
+
+fn ps(sock: &Path) -> Vec<PsLine> {
+    let out = client(sock, &["ps"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| PsLine {
+                name: f[0].to_string(),
+                pid: f[1].parse().ok(),
+                state: f[2].to_string(),
+                restarts: f[3].parse().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+fn pid_of(sock: &Path, name: &str) -> Option<u32> {
+    ps(sock)
+        .into_iter()
+        .find(|l| l.name == name && l.state == "running")
+        .and_then(|l| l.pid)
+}
+
+fn stats(sock: &Path, name: &str, key: &str) -> Option<u64> {
+    let out = client(sock, &["stats", name]);
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn fds(pid: u32) -> BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/pid/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn fd_target(pid: u32, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn fd_inode(pid: u32, fd: i32) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Inodes of the memfds a process holds.
+fn memfds(pid: u32) -> Vec<u64> {
+    fds(pid)
+        .into_iter()
+        .filter(|&fd| fd_target(pid, fd).starts_with("/memfd:"))
+        .map(|fd| fd_inode(pid, fd))
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie would still have /proc/pid; fragnet reaps its children.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn last_cpu() -> usize {
+    fragnet_host::available_cpus()
+        .unwrap()
+        .last()
+        .copied()
+        .unwrap()
+}
+
+/// Processes whose environment says FRAGNET_NAME=<name>.
+fn processes_named(name: &str) -> Vec<u32> {
+    let needle = format!("FRAGNET_NAME={name}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+// --- validation -------------------------------------------------------------
+
+fn check_fails(script: &Path, expect: &[&str]) {
+    for verb in ["check", "run"] {
+        let out = fragnet()
+            .arg(verb)
+            .arg(script)
+            .env("FRAGNET_BIN_DIR", examples_dir())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "fragnet {verb}: {err}");
+        for e in expect {
+            assert!(err.contains(e), "fragnet {verb}: expected {e:?} in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn bad_scripts_are_rejected_with_line_and_column_and_nothing_starts() {
+    let dir = TempDir::new("fninit-check");
+    let d = dir.path();
+    let cpus = fragnet_host::available_cpus().unwrap();
+    let bad_cpu = cpus.last().unwrap() + 1;
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        (
+            "xml.xml",
+            "<config control=\"x.sock\">\n  <start name=\"a\">\n    <binary name=\"probe\"/>\n  </strat>\n</config>\n".into(),
+            vec!["xml.xml:4:".into(), "malformed XML".into()],
+        ),
+        (
+            "bin.xml",
+            "<config control=\"x.sock\">\n  <start name=\"a\">\n    <binary name=\"no_such_component\"/>\n  </start>\n</config>\n".into(),
+            vec!["bin.xml:2:3:".into(), "binary \"no_such_component\" not found".into()],
+        ),
+        (
+            "svc.xml",
+            "<config control=\"x.sock\">\n  <start name=\"a\"><binary name=\"probe\"/></start>\n  <start name=\"b\"><binary name=\"probe\"/>\n    <route><service name=\"Nic\"><child name=\"a\"/></service></route>\n  </start>\n</config>\n".into(),
+            vec!["svc.xml:4:32:".into(), "does not provide it (no start provides it)".into()],
+        ),
+        (
+            "child.xml",
+            "<config control=\"x.sock\">\n  <start name=\"b\"><binary name=\"probe\"/>\n    <route><service name=\"Nic\"><child name=\"ghost\"/></service></route>\n  </start>\n</config>\n".into(),
+            vec!["child.xml:3:".into(), "\"ghost\", which is not started".into()],
+        ),
+        (
+            "cpu.xml",
+            format!("<config control=\"x.sock\">\n  <start name=\"a\">\n    <binary name=\"probe\"/>\n    <affinity cpu=\"{bad_cpu}\"/>\n  </start>\n</config>\n"),
+            vec!["cpu.xml:4:5:".into(), format!("CPU {bad_cpu} is not available")],
+        ),
+        (
+            "dup.xml",
+            "<config control=\"x.sock\">\n  <start name=\"a\"><binary name=\"probe\"/></start>\n  <start name=\"a\"><binary name=\"probe\"/></start>\n</config>\n".into(),
+            vec!["dup.xml:3:3:".into(), "duplicate start name \"a\"".into()],
+        ),
+    ];
+    for (name, xml, expect) in &cases {
+        let p = write_script(d, name, xml);
+        let expect: Vec<&str> = expect.iter().map(String::as_str).collect();
+        check_fails(&p, &expect);
+        assert!(!d.join("x.sock").exists(), "{name}: control socket created");
+    }
+    // A good script checks fine.
+    let p = write_script(
+        d,
+        "good.xml",
+        "<config control=\"x.sock\"><start name=\"a\"><binary name=\"probe\"/></start></config>",
+    );
+    let out = run_ok(
+        fragnet()
+            .arg("check")
+            .arg(&p)
+            .env("FRAGNET_BIN_DIR", examples_dir()),
+    );
+    assert!(out.contains("ok (1 processes, 0 channels)"), "{out}");
+}
+
+#[test]
+fn tap_without_privilege_is_refused_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to drop to uid 65534 with setpriv)");
+        return;
+    }
+    let dir = TempDir::new("fninit-tap");
+    let ifname = format!("fninit{}t", std::process::id() % 100_000);
+    let client = unique_name("fninitc");
+    // The driver binary is only looked up, never run: validation fails first.
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::os::unix::fs::symlink(examples_dir().join("probe"), bins.join("nic_drv")).unwrap();
+    let script = write_script(
+        dir.path(),
+        "tap.xml",
+        &format!(
+            "<config control=\"tap.sock\">\n  <start name=\"nic_drv\">\n    <config backend=\"tap\" ifname=\"{ifname}\"/>\n    <provides><service name=\"Nic\"/></provides>\n  </start>\n  <start name=\"{client}\"><binary name=\"probe\"/>\n    <route><service name=\"Nic\"><child name=\"nic_drv\"/></service></route>\n  </start>\n</config>\n"
+        ),
+    );
+    let bin_path = format!("{}:{}", bins.display(), examples_dir().display());
+    for verb in ["check", "run"] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_fragnet"))
+            .arg(verb)
+            .arg(&script)
+            .env("FRAGNET_BIN_DIR", &bin_path)
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {err}");
+        assert!(
+            err.contains(&format!("tap.xml:2:3: start \"nic_drv\": creating TAP device {ifname} needs CAP_NET_ADMIN (run as root)")),
+            "{verb}: {err}"
+        );
+        assert!(
+            !fragnet_host::tap::exists(&ifname),
+            "device {ifname} was created"
+        );
+        assert!(
+            processes_named(&client).is_empty(),
+            "a component was started"
+        );
+        assert!(!dir.path().join("tap.sock").exists());
+    }
+}
+
+// --- a running topology of probes -----------------------------------------------
+
+fn probe_script(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/cli.nft"), "table inet f {\n}\n").unwrap();
+    write_script(
+        dir,
+        "probes.xml",
+        &format!(
+            r#"<config control="ctl.sock">
+  <start name="srv">
+    <binary name="probe"/>
+    <affinity cpu="0"/>
+    <provides><service name="Echo"/></provides>
+  </start>
+  <start name="cli">
+    <binary name="probe"/>
+    <affinity cpu="{}"/>
+    <config><nftables file="etc/cli.nft"/></config>
+    <route><service name="Echo"><child name="srv"/></service></route>
+  </start>
+  <start name="lone"><binary name="probe"/></start>
+  {extra}
+</config>
+"#,
+            last_cpu()
+        ),
+    )
+}
+
+fn start_probes(script: &Path) -> Fragnet {
+    let examples = examples_dir().display().to_string();
+    let f = Fragnet::start_with(None, script, &[("FRAGNET_BIN_DIR", &examples)]);
+    let sock = script.with_file_name("ctl.sock");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let l = ps(&sock);
+            !l.is_empty() && l.iter().all(|p| p.state == "running")
+        }),
+        "topology did not come up:\n{}",
+        f.log()
+    );
+    f
+}
+
+#[test]
+fn components_hold_only_their_routed_descriptors() {
+    let dir = TempDir::new("fninit-fds");
+    let script = probe_script(dir.path(), "");
+    let f = start_probes(&script);
+    let sock = dir.path().join("ctl.sock");
+    let (srv, cli, lone) = (
+        pid_of(&sock, "srv").unwrap(),
+        pid_of(&sock, "cli").unwrap(),
+        pid_of(&sock, "lone").unwrap(),
+    );
+    // stdio, control socket at 3, one channel (memfd + 2 eventfds) at 4..6.
+    for pid in [srv, cli] {
+        assert_eq!(
+            fds(pid),
+            BTreeSet::from([0, 1, 2, 3, 4, 5, 6]),
+            "pid {pid}\n{}",
+            f.log()
+        );
+        assert!(fd_target(pid, 3).starts_with("socket:"));
+        assert!(
+            fd_target(pid, 4).starts_with("/memfd:fragnet"),
+            "{}",
+            fd_target(pid, 4)
+        );
+        assert_eq!(fd_target(pid, 5), "anon_inode:[eventfd]");
+        assert_eq!(fd_target(pid, 6), "anon_inode:[eventfd]");
+    }
+    assert_eq!(fds(lone), BTreeSet::from([0, 1, 2, 3]));
+    // Both ends of the one channel are the same memory; lone shares nothing.
+    assert_eq!(fd_inode(srv, 4), fd_inode(cli, 4));
+    // Pinned as the script says.
+    let cpus = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap()
+    };
+    assert_eq!(cpus(srv), "0");
+    assert_eq!(cpus(cli), last_cpu().to_string());
+    // Frames really cross: cli's pings come back from srv.
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock,
+        "cli",
+        "echo_rx:echo"
+    )
+    .unwrap_or(0)
+        >= 5));
+    assert!(stats(&sock, "srv", "echoed:echo:cli").unwrap() >= 5);
+}
+
+#[test]
+fn restart_gives_the_peer_a_fresh_channel_and_rules_follow_files() {
+    let dir = TempDir::new("fninit-restart");
+    let script = probe_script(dir.path(), "");
+    let mut f = start_probes(&script);
+    let sock = dir.path().join("ctl.sock");
+    let srv = pid_of(&sock, "srv").unwrap();
+    let cli = pid_of(&sock, "cli").unwrap();
+    let old_inode = fd_inode(cli, 4);
+
+    // The rule file named by the script was loaded at start.
+    let list = |sock: &Path| {
+        String::from_utf8_lossy(
+            &client(sock, &["nft", "--target", "cli", "list", "ruleset"]).stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || list(&sock)
+            == "table inet f {\n}\n"),
+        "{}",
+        list(&sock)
+    );
+
+    // SIGKILL the provider: init restarts it, and cli gets a fresh channel.
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock,
+        "cli",
+        "echo_rx:echo"
+    )
+    .unwrap_or(0)
+        > 0));
+    unsafe { libc::kill(srv as i32, libc::SIGKILL) };
+    assert!(
+        wait_for(Duration::from_secs(5), || ps(&sock).iter().any(|l| l.name
+            == "srv"
+            && l.restarts == 1
+            && l.state == "running"
+            && l.pid != Some(srv))),
+        "{}",
+        f.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || stats(&sock, "cli", "replaced")
+            == Some(1)),
+        "{}",
+        f.log()
+    );
+    let new_srv = pid_of(&sock, "srv").unwrap();
+    assert_eq!(
+        pid_of(&sock, "cli"),
+        Some(cli),
+        "the peer was not restarted"
+    );
+    // cli received the new ends over its control socket (so at new fd
+    // numbers) and dropped the old ones: still one channel, a new one,
+    // the same one the new srv holds.
+    assert_eq!(memfds(cli).len(), 1, "old channel leaked: {:?}", fds(cli));
+    assert_eq!(fds(cli).len(), 7, "{:?}", fds(cli));
+    assert_ne!(
+        memfds(cli),
+        vec![old_inode],
+        "cli still holds the old channel"
+    );
+    assert_eq!(
+        memfds(cli),
+        memfds(new_srv),
+        "cli and new srv share the fresh channel"
+    );
+    // Echoes flow over the new channel.
+    let before = stats(&sock, "cli", "echo_rx:echo").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock,
+        "cli",
+        "echo_rx:echo"
+    )
+    .unwrap_or(0)
+        > before + 3));
+    assert!(
+        f.log().contains("exited (signal: 9 (SIGKILL))"),
+        "{}",
+        f.log()
+    );
+
+    // Editing the rule file re-sends it.
+    std::fs::write(dir.path().join("etc/cli.nft"), "table inet g {\n}\n").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || list(&sock)
+            == "table inet g {\n}\n"),
+        "{}",
+        list(&sock)
+    );
+    // Editing the run script to name another file applies it.
+    std::fs::write(dir.path().join("etc/other.nft"), "table ip other {\n}\n").unwrap();
+    let text = std::fs::read_to_string(&script)
+        .unwrap()
+        .replace("etc/cli.nft", "etc/other.nft");
+    std::fs::write(&script, text).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || list(&sock)
+            == "table ip other {\n}\n"),
+        "{}",
+        f.log()
+    );
+    // `fragnet nft -f` loads a file by hand; a component without nft says so.
+    let own = dir.path().join("own.nft");
+    std::fs::write(&own, "table inet mine {\n}\n").unwrap();
+    let out = client(
+        &sock,
+        &["nft", "--target", "cli", "-f", own.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(list(&sock), "table inet mine {\n}\n");
+    let out = client(&sock, &["nft", "--target", "cli", "list", "counters"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"));
+    let out = client(&sock, &["nft", "--target", "nobody", "list", "ruleset"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no component named \"nobody\""));
+
+    // SIGTERM: exit 0, no component left, socket gone.
+    let status = f
+        .stop(Duration::from_secs(10))
+        .expect("fragnet did not exit on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    for pid in [new_srv, cli] {
+        assert!(!alive(pid), "component {pid} survived shutdown");
+    }
+    assert!(!sock.exists(), "control socket left behind");
+}
+
+#[test]
+fn control_socket_refuses_uids_not_allowed() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to connect as uid 65534)");
+        return;
+    }
+    let dir = TempDir::new("fninit-uid");
+    let script = probe_script(dir.path(), "");
+    let _f = start_probes(&script);
+    let sock = dir.path().join("ctl.sock");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_fragnet"))
+        .args(["nft", "--socket"])
+        .arg(&sock)
+        .args(["--target", "cli", "flush", "ruleset"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("permission denied: uid 65534 may not control this fragnet (allowed uids: 0)"),
+        "{err}"
+    );
+    // The refused request did nothing; root is served.
+    let rules = client(&sock, &["nft", "--target", "cli", "list", "ruleset"]);
+    assert_eq!(
+        String::from_utf8_lossy(&rules.stdout),
+        "table inet f {\n}\n"
+    );
+}
+
+#[test]
+fn repeated_fast_crashes_are_given_up() {
+    let dir = TempDir::new("fninit-crash");
+    let script = probe_script(
+        dir.path(),
+        r#"<start name="crasher"><binary name="probe"/><config exit_after_ms="10" exit_code="7"/></start>"#,
+    );
+    let examples = examples_dir().display().to_string();
+    let f = Fragnet::start_with(None, &script, &[("FRAGNET_BIN_DIR", &examples)]);
+    let sock = dir.path().join("ctl.sock");
+    assert!(
+        wait_for(Duration::from_secs(15), || ps(&sock)
+            .iter()
+            .any(|l| l.name == "crasher" && l.state == "failed")),
+        "{}",
+        f.log()
+    );
+    let l = ps(&sock).into_iter().find(|l| l.name == "crasher").unwrap();
+    assert_eq!(l.restarts, 5);
+    assert!(f.log().contains("exit status: 7"), "{}", f.log());
+    assert!(f.log().contains("giving up on it"), "{}", f.log());
+    // The others keep running.
+    assert!(pid_of(&sock, "cli").is_some());
+}
+
+// --- the demo topology over a real TAP device ------------------------------------
+
+#[test]
+fn demo_over_tap_survives_a_switch_restart_and_cleans_up() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP)");
+        return;
+    }
+    for b in ["nic_drv", "nic_switch", "frame_endpoint"] {
+        if !bin_dir().join(b).is_file() {
+            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
+            return;
+        }
+    }
+    let ns = NetNs::new("fninit");
+    let dir = TempDir::new("fninit-demo");
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../run/demo.xml"))
+        .unwrap()
+        .replacen("<config>", "<config control=\"demo.sock\">", 1);
+    let script = write_script(dir.path(), "demo.xml", &demo);
+    let mut f = Fragnet::start(Some(&ns), &script);
+    let sock = dir.path().join("demo.sock");
+    assert!(
+        wait_for(Duration::from_secs(10), || ns.ping("10.77.0.10", 1)),
+        "{}",
+        f.log()
+    );
+    assert!(ns.ping("10.77.0.11", 2), "{}", f.log());
+    let pids: Vec<u32> = ps(&sock).iter().filter_map(|l| l.pid).collect();
+    assert_eq!(pids.len(), 4);
+
+    let switch = pid_of(&sock, "switch").unwrap();
+    unsafe { libc::kill(switch as i32, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(5), || ps(&sock).iter().any(
+        |l| l.name == "switch" && l.restarts == 1 && l.state == "running"
+    )));
+    assert!(
+        wait_for(Duration::from_secs(10), || ns.ping("10.77.0.10", 1)),
+        "{}",
+        f.log()
+    );
+    assert!(ns.ping("10.77.0.11", 2), "{}", f.log());
+    assert!(
+        f.log().contains("nic_drv#0: new channel nic:switch"),
+        "{}",
+        f.log()
+    );
+
+    let status = f.stop(Duration::from_secs(10)).expect("no clean exit");
+    assert!(status.success());
+    let links = ns.sh("ip -o link show");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("fn0"),
+        "TAP device left behind"
+    );
+    for pid in pids.into_iter().chain(pid_of(&sock, "switch")) {
+        assert!(!alive(pid), "pid {pid} left running");
+    }
+    assert!(ns.pids().is_empty(), "processes left in the namespace");
+}
