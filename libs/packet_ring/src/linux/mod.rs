@@ -314,4 +314,73 @@ mod tests {
         )
         .is_err());
     }
+
+    #[test]
+    fn waiter_spins_then_yields_then_sleeps_and_watches_extra_fds() {
+        let fds = create(&Config::default(), "waiter").unwrap();
+        let mut b = Channel::attach(fds.try_clone().unwrap(), Side::B).unwrap();
+        let mut a = Channel::attach(fds, Side::A).unwrap();
+        let mut w = Waiter::with_policy(Policy {
+            spin: 3,
+            yield_for: Duration::from_millis(2),
+        });
+        let (rd, wr) = rustix::pipe::pipe().unwrap();
+        let t = Some(Duration::from_millis(1));
+        assert_eq!(
+            w.wait(true, [&mut b], &[rd.as_fd()], t).unwrap(),
+            Wake::Busy
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                w.wait(false, [&mut b], &[rd.as_fd()], t).unwrap(),
+                Wake::Spun
+            );
+        }
+        let mut yields = 0;
+        let wake = loop {
+            match w.wait(false, [&mut b], &[rd.as_fd()], t).unwrap() {
+                Wake::Yielded => yields += 1,
+                other => break other,
+            }
+            assert!(yields < 1_000_000, "never stopped yielding");
+        };
+        assert!(yields > 0);
+        assert_eq!(wake, Wake::TimedOut);
+        assert!(!w.extra_ready(0));
+        // Work done resets the idle spell: spinning again.
+        assert_eq!(w.wait(true, [&mut b], &[], t).unwrap(), Wake::Busy);
+        assert_eq!(w.wait(false, [&mut b], &[], t).unwrap(), Wake::Spun);
+        // An extra fd wakes the sleeper and is reported.
+        rustix::io::write(&wr, b"x").unwrap();
+        let long = Some(Duration::from_secs(5));
+        assert_eq!(w.sleep([&mut b], &[rd.as_fd()], long).unwrap(), Wake::Woken);
+        assert!(w.extra_ready(0));
+        assert!(!w.extra_ready(1));
+        let mut byte = [0u8; 1];
+        rustix::io::read(&rd, &mut byte).unwrap();
+        // The sleep flag is cleared after waking: the peer rings no more.
+        a.send(b"x").unwrap();
+        assert!(!a.flush());
+        assert_eq!(
+            w.sleep([&mut b], &[rd.as_fd()], long).unwrap(),
+            Wake::Pending
+        );
+        // A blocked producer sleeps until the consumer returns buffers.
+        b.recv(8, |_| ()).unwrap();
+        b.flush();
+        while a.send(b"fill").is_ok() {}
+        a.flush();
+        assert_eq!(
+            w.sleep([&mut a], &[], Some(Duration::from_millis(1)))
+                .unwrap(),
+            Wake::TimedOut
+        );
+        assert!(!a.prepare_sleep());
+        b.recv(1, |_| ()).unwrap();
+        assert!(b.flush(), "the consumer rings the blocked producer");
+        assert_eq!(w.sleep([&mut a], &[], long).unwrap(), Wake::Pending);
+        let stats = w.stats();
+        assert_eq!(stats.timeouts, 2);
+        assert!(stats.spins >= 4 && stats.yields > 0 && stats.pending == 2);
+    }
 }
