@@ -66,6 +66,11 @@ struct LinkState {
 
 struct Client {
     ctl: Control,
+    /// Set for a peer whose uid is not allowed: every request it sends is
+    /// answered with this refusal. (Answering per request rather than at
+    /// accept means no request is left unread when the socket closes, which
+    /// would reset the connection before the client reads the refusal.)
+    refused: Option<String>,
 }
 
 /// What the control loop should do after a request.
@@ -233,9 +238,8 @@ impl Supervisor {
         sup.create_taps()?;
         for i in 0..sup.plan.instances.len() {
             sup.spawn_instance(i)?;
-        }
-        for s in 0..sup.script.starts.len() {
-            sup.load_rules(s, true);
+            // The ruleset is the first request a component gets.
+            sup.send_rules(i);
         }
         info!(
             "running {} ({} processes, {} channels); control socket {}",
@@ -401,9 +405,9 @@ impl Supervisor {
         }
     }
 
-    /// Sends the start's ruleset to its running instances (if it has one
-    /// and, unless `force`, it changed since last sent).
-    fn load_rules(&mut self, s: usize, force: bool) {
+    /// Sends the start's ruleset to its running instances if it changed
+    /// since it was last sent.
+    fn load_rules(&mut self, s: usize) {
         let start = &self.script.starts[s];
         if start.nftables.is_empty() {
             return;
@@ -415,7 +419,7 @@ impl Supervisor {
                 return;
             }
         };
-        if !force && self.rules_sent.get(&s) == Some(&rs) {
+        if self.rules_sent.get(&s) == Some(&rs) {
             return;
         }
         let what = rules::describe(&start.nftables);
@@ -493,12 +497,9 @@ impl Supervisor {
                 if at <= now {
                     self.procs[i].restarts += 1;
                     match self.spawn_instance(i) {
-                        Ok(()) => {
-                            let s = self.plan.instances[i].start;
-                            // A fresh process has no rules: send them again
-                            // (to this instance; the others have them).
-                            self.load_rules_to(s, i);
-                        }
+                        // A fresh process has no rules: send them again
+                        // (to this instance; the others have them).
+                        Ok(()) => self.send_rules(i),
                         Err(e) => {
                             error!("restarting {}: {e}", self.plan.instances[i].name);
                             let p = &mut self.procs[i];
@@ -515,14 +516,31 @@ impl Supervisor {
         }
     }
 
-    fn load_rules_to(&mut self, s: usize, i: usize) {
-        let Some(rs) = self.rules_sent.get(&s).cloned() else {
+    /// Sends instance `i` its start's ruleset (the one last loaded, or read
+    /// now).
+    fn send_rules(&mut self, i: usize) {
+        let s = self.plan.instances[i].start;
+        let start = &self.script.starts[s];
+        if start.nftables.is_empty() {
             return;
+        }
+        let rs = match self.rules_sent.entry(s) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(v) => match rules::read(&start.nftables) {
+                Ok(rs) => v.insert(rs).clone(),
+                Err(e) => {
+                    error!("{}: {e}", start.name);
+                    return;
+                }
+            },
         };
+        let what = rules::describe(&start.nftables);
         let name = self.plan.instances[i].name.clone();
         match self.request(i, &format!("nft load\n{}", rs.text), &[]) {
-            Ok(r) if r.is_ok() => info!("{name}: ruleset loaded again after restart"),
-            Ok(r) if r.body.contains("not supported") => {}
+            Ok(r) if r.is_ok() => info!("{name}: loaded ruleset {what}"),
+            Ok(r) if r.body.contains("not supported") => {
+                warn!("{name}: does not support nft rules ({what} not loaded)")
+            }
             Ok(r) => error!("{name}: ruleset rejected: {}", rs.locate(&r.body)),
             Err(e) => error!("{name}: reloading rules: {e}"),
         }
@@ -546,7 +564,7 @@ impl Supervisor {
             self.reload_script(&text);
         }
         for s in 0..self.script.starts.len() {
-            self.load_rules(s, false);
+            self.load_rules(s);
         }
     }
 
@@ -603,14 +621,11 @@ impl Supervisor {
         while let Ok(fd) = rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
             let ctl = Control::from_fd(fd);
             let uid = rustix::net::sockopt::socket_peercred(ctl.fd()).map(|c| c.uid.as_raw());
-            match uid {
-                Ok(uid) if self.script.allow_uids.contains(&uid) => {
-                    let _ = ctl.set_nonblocking(true);
-                    self.clients.push(Client { ctl });
-                }
+            let refused = match uid {
+                Ok(uid) if self.script.allow_uids.contains(&uid) => None,
                 Ok(uid) => {
                     warn!("refused control connection from uid {uid}");
-                    let _ = ctl.reply(&format!(
+                    Some(format!(
                         "error\npermission denied: uid {uid} may not control this fragnet (allowed uids: {})",
                         self.script
                             .allow_uids
@@ -618,10 +633,17 @@ impl Supervisor {
                             .map(|u| u.to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    ));
+                    ))
                 }
-                Err(e) => warn!("control connection without credentials: {e}"),
-            }
+                Err(e) => {
+                    warn!("control connection without credentials: {e}");
+                    Some(format!(
+                        "error\npermission denied: no peer credentials ({e})"
+                    ))
+                }
+            };
+            let _ = ctl.set_nonblocking(true);
+            self.clients.push(Client { ctl, refused });
         }
     }
 
@@ -631,11 +653,18 @@ impl Supervisor {
             Ok(None) => return false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) => {
-                let _ = self.clients[c].ctl.reply(&format!("error\n{e}"));
+                let reply = match &self.clients[c].refused {
+                    Some(refusal) => refusal.clone(),
+                    None => format!("error\n{e}"),
+                };
+                let _ = self.clients[c].ctl.reply(&reply);
                 return true;
             }
         };
-        let reply = self.handle(msg);
+        let reply = match &self.clients[c].refused {
+            Some(refusal) => refusal.clone(),
+            None => self.handle(msg),
+        };
         let _ = self.clients[c].ctl.reply(&reply);
         true
     }
@@ -716,7 +745,7 @@ impl Supervisor {
                 self.script_text = text.clone();
                 self.reload_script(&text);
                 for s in 0..self.script.starts.len() {
-                    self.load_rules(s, false);
+                    self.load_rules(s);
                 }
                 "ok".into()
             }
