@@ -151,5 +151,37 @@ pub fn nft(
             "nothing to do: give -f FILE or a command such as `list ruleset`".into(),
         ));
     }
-    print_reply(request(&path, &format!("nft {target} {}", args.join(" "))))
+    if args.iter().any(|a| a.contains('\n')) {
+        return print_reply(Err("nft command words may not contain newlines".into()));
+    }
+    print_reply(request(&path, &format!("nft {target} {}", join_words(args))))
+}
+
+/// Joins command words into one line, putting back the double quotes the
+/// shell removed from words with blanks (nft strings such as comments).
+fn join_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.is_empty() || (a.contains(char::is_whitespace) && !a.starts_with('"')) {
+                format!("\"{a}\"")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_with_blanks_are_quoted_again() {
+        let w: Vec<String> = ["add", "rule", "inet", "f", "input", "comment", "no ssh"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(join_words(&w), "add rule inet f input comment \"no ssh\"");
+    }
 }
