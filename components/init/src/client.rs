@@ -154,7 +154,10 @@ pub fn nft(
     if args.iter().any(|a| a.contains('\n')) {
         return print_reply(Err("nft command words may not contain newlines".into()));
     }
-    print_reply(request(&path, &format!("nft {target} {}", join_words(args))))
+    print_reply(request(
+        &path,
+        &format!("nft {target} {}", join_words(args)),
+    ))
 }
 
 /// Joins command words into one line, putting back the double quotes the
