@@ -101,6 +101,7 @@ fn run() -> Result<(), String> {
         ..Policy::default()
     });
     let mut last_housekeeping = Instant::now();
+    let mut last_expire = 0;
     loop {
         let now = start.elapsed().as_secs();
         let round = switch.poll(now, |d| {
@@ -109,12 +110,15 @@ fn run() -> Result<(), String> {
                 d.port, d.label, d.reason
             )
         });
-        // Control messages and aging: when idle (the waiter woke us for
-        // them) and at least every 10 ms under load.
+        // Aging: once a second. Control messages: when the waiter woke us
+        // for them, and at least every 10 ms under load.
+        if now != last_expire {
+            last_expire = now;
+            switch.expire(now);
+        }
         let mut check_control = last_housekeeping.elapsed() >= Duration::from_millis(10);
         if check_control {
             last_housekeeping = Instant::now();
-            switch.expire(now);
         }
         let control_fd = control.as_ref().map(|c| c.fd());
         let wake = waiter
