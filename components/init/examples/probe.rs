@@ -5,10 +5,12 @@
 //! provides) it echoes each frame back; on side-B channels (its routes) it
 //! sends a numbered frame every 20 ms and counts the echoes. On its control
 //! socket it answers `ping`, `stats` (counters per link), `channel LABEL
-//! SIDE` (+3 fds: replaces or adds that link), `nft load` / `nft list
-//! ruleset` / `nft flush ruleset` (it keeps the text, it does not filter),
-//! and `shutdown`. Config `<config exit_after_ms="N" exit_code="C"/>` makes
-//! it exit by itself (to test restarts and giving up).
+//! SIDE` (+3 fds: replaces or adds that link), `shutdown`, and the `nft`
+//! requests of docs/INTERNALS.md through a real `nft_filter::Filter` (it
+//! holds the ruleset; it does not filter the probe frames). Config:
+//! `exit_after_ms="N" exit_code="C"` makes it exit by itself (to test
+//! restarts and giving up); `nft="no"` makes it a component without a
+//! filter.
 
 use fragnet_host::{ChannelSpec, ControlMsg, Env};
 use packet_ring::linux::{Channel, ChannelFds};
@@ -41,7 +43,7 @@ fn attach(label: String, side: Side, fds: ChannelFds) -> Result<Link, String> {
 struct Probe {
     links: Vec<Link>,
     replaced: u64,
-    rules: String,
+    filter: Option<nft_filter::Filter>,
     loads: u64,
 }
 
@@ -98,17 +100,31 @@ impl Probe {
                     Err(e) => format!("error\n{e}"),
                 }
             }
-            ("nft", [sub]) if sub == "load" => {
-                self.rules = m.body;
-                self.loads += 1;
-                "ok".into()
+            ("nft", _) if self.filter.is_none() => {
+                "error\nnot supported: probe started with nft=\"no\"".into()
             }
-            ("nft", [a, b]) if a == "list" && b == "ruleset" => format!("ok\n{}", self.rules),
-            ("nft", [a, b]) if a == "flush" && b == "ruleset" => {
-                self.rules.clear();
-                "ok".into()
+            ("nft", args) => {
+                let Some(f) = self.filter.as_mut() else {
+                    return Some("error\nnot supported".into());
+                };
+                let words: Vec<&str> = args.iter().map(String::as_str).collect();
+                let result = match words.as_slice() {
+                    ["load"] => f.replace(&m.body).map(|_| String::new()),
+                    ["list", "ruleset"] => Ok(f.list_ruleset()),
+                    ["list", "counters"] => Ok(f.list_counters()),
+                    [] => return Some("error\nnft: missing command".into()),
+                    cmd => f.apply(&cmd.join(" ")).map(|_| String::new()),
+                };
+                match result {
+                    Ok(text) => {
+                        if words == ["load"] {
+                            self.loads += 1;
+                        }
+                        format!("ok\n{text}")
+                    }
+                    Err(e) => format!("error\n{e}"),
+                }
             }
-            ("nft", _) => "error\nnot supported".into(),
             _ => format!("error\nunknown verb {}", m.verb),
         })
     }
@@ -165,10 +181,11 @@ fn main() {
     };
     ctl.set_nonblocking(true)
         .expect("nonblocking control socket");
+    let with_nft = config.attr_bool("nft", true).unwrap_or(true);
     let mut probe = Probe {
         links: Vec::new(),
         replaced: 0,
-        rules: String::new(),
+        filter: with_nft.then(|| nft_filter::Filter::new(64)),
         loads: 0,
     };
     for ChannelSpec { label, side, fds } in std::mem::take(&mut env.channels) {
