@@ -367,8 +367,10 @@ impl Ruleset {
             }
         }
         rs.check_loops(&tables)?;
-        // Hook lists, stable-sorted by priority (equal priorities keep
-        // declaration order, as the kernel registers them).
+        // Hook lists by priority. For equal priorities the kernel runs the
+        // chain registered last first (nf_hook_entries_grow inserts a new
+        // hook before existing ones of the same priority), and chains are
+        // registered in declaration order, so ties go in reverse order.
         let mut bases: Vec<(i32, u32, Hook, Family)> = Vec::new();
         for (ti, t) in tables.iter().enumerate() {
             for (ci, c) in t.chains.iter().enumerate() {
@@ -377,6 +379,7 @@ impl Ruleset {
                 }
             }
         }
+        bases.reverse();
         bases.sort_by_key(|b| b.0);
         for (_, idx, hook, fam) in bases {
             let kinds: &[Proto] = match fam {

@@ -891,7 +891,7 @@ impl<'a> P<'_, 'a> {
                 let mut e = self.type_elem(t, &r)?;
                 // `ct state established,related`: a list of flags is their union.
                 if t.is_bitmask() {
-                    while *self.peek() == Tok::Comma {
+                    while matches!(self.peek(), Tok::Comma | Tok::Pipe) {
                         self.bump();
                         let v = self.literal(t)?;
                         if let Elem::Value(x) = e {

@@ -1,0 +1,1086 @@
+//! Differential test against the Linux kernel's nftables.
+//!
+//! For each of `NFT_DIFF_RULESETS` (default 30) seeded random rulesets in
+//! the supported subset, a fresh network namespace gets a TAP device with
+//! addresses, a TCP listener and a UDP echo socket; the ruleset is loaded
+//! into the kernel (`nft -f`) and into `nft_filter`. Then
+//! `NFT_DIFF_PACKETS` (default 60) crafted frames are written into the TAP
+//! one at a time, so they traverse the kernel's input hook. An observer
+//! table counts every packet at priority -1000 (reached the hook) and at
+//! priority 1000 (accepted by every base chain), which gives the kernel's
+//! verdict per packet. After each packet the kernel's counters
+//! (`nft list ruleset`) must equal ours rule for rule, and the verdicts
+//! must agree. Whatever the kernel sends back out of the TAP (echo replies,
+//! SYN-ACKs, RSTs, ICMP errors, UDP replies) goes through our output hook,
+//! so both connection trackers see the same traffic; multi-packet flows
+//! (ICMP echo, TCP handshake to the listener, UDP exchange, SYN to a closed
+//! port, ICMP errors quoting a flow) exercise `ct state`.
+//!
+//! Needs root and the `nft` binary (package `nftables`).
+
+extern crate alloc;
+
+#[path = "../src/testutil.rs"]
+mod testutil;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nft_filter::{Filter, Hook, IfName, LinkType, PacketMeta, Verdict};
+use testutil::*;
+
+const LOCAL: [u8; 4] = [10, 200, 0, 1];
+const LOCAL2: [u8; 4] = [10, 200, 0, 5];
+const TAP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const TCP_LISTEN: u16 = 8080;
+const UDP_ECHO: u16 = 5353;
+
+// ---------------------------------------------------------------- helpers
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut c = Command::new(cmd);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().map_err(|e| format!("{cmd}: {e}"))?;
+    if let Some(s) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(s.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace removed on drop (with everything in it).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = run("ip", &["netns", "del", &name], None);
+        run("ip", &["netns", "add", &name], None).expect("ip netns add");
+        Netns { name }
+    }
+    fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(args);
+        run("ip", &a, stdin)
+    }
+    /// Runs `f` on a thread that entered this namespace.
+    fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name], None);
+    }
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+/// Opens a TAP device (created in the calling thread's namespace).
+fn open_tap(name: &str) -> File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun");
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0x0002 | 0x1000,
+        _pad: [0; 22],
+    }; // IFF_TAP | IFF_NO_PI
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes an ifreq we own.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x400454ca, &mut req as *mut IfReq) };
+    assert!(r >= 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    // SAFETY: fcntl on our own fd.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    f
+}
+
+/// Frames the kernel sent out of the TAP, waiting up to `wait` for the
+/// first one and then until the device is quiet.
+fn drain(tap: &mut File, wait: Duration) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    let mut quiet_since = Instant::now();
+    loop {
+        match tap.read(&mut buf) {
+            Ok(n) => {
+                out.push(buf[..n].to_vec());
+                quiet_since = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let waited = start.elapsed();
+                if (out.is_empty() && waited >= wait)
+                    || (!out.is_empty() && quiet_since.elapsed() > Duration::from_millis(3))
+                {
+                    return out;
+                }
+                if out.is_empty() && wait.is_zero() && waited > Duration::from_millis(2) {
+                    return out;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => panic!("tap read: {e}"),
+        }
+    }
+}
+
+// -------------------------------------------------------------- generator
+
+/// Values the packets should probe (boundaries of what rules test).
+#[derive(Default)]
+struct Hints {
+    saddrs: Vec<u32>,
+    ports: Vec<u16>,
+}
+
+fn ip_s(a: u32) -> String {
+    std::net::Ipv4Addr::from(a).to_string()
+}
+
+fn is_local(a: u32) -> bool {
+    a >> 16 == 0x0ac8 // 10.200.0.0/16
+}
+
+struct Gen<'r> {
+    r: &'r mut Rng,
+    h: Hints,
+    regular: Vec<String>,
+    tap: String,
+}
+
+impl Gen<'_> {
+    fn src_base(&mut self) -> u32 {
+        loop {
+            let a = 0x0a00_0000 | (self.r.below(1 << 24) as u32);
+            if !is_local(a) {
+                return a;
+            }
+        }
+    }
+
+    fn prefix(&mut self) -> (u32, u8) {
+        let len = *self.r.pick(&[8u8, 12, 16, 20, 24, 28, 30, 31, 32]);
+        let a = self.src_base();
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let net = a & mask;
+        let last = net | !mask;
+        for x in [net.wrapping_sub(1), net, last, last.wrapping_add(1)] {
+            self.h.saddrs.push(x);
+        }
+        (net, len)
+    }
+
+    fn port(&mut self) -> u16 {
+        let p = match self.r.below(4) {
+            0 => self.r.below(1024) as u16,
+            1 => *self
+                .r
+                .pick(&[22u16, 53, 80, 443, TCP_LISTEN, UDP_ECHO, 1023, 1024, 65535]),
+            _ => 1024 + self.r.below(64511) as u16,
+        };
+        self.h
+            .ports
+            .extend([p.saturating_sub(1), p, p.saturating_add(1)]);
+        p
+    }
+
+    fn port_range(&mut self) -> (u16, u16) {
+        let a = self.port();
+        let b = a.saturating_add(self.r.below(300) as u16);
+        self.h.ports.extend([b, b.saturating_add(1)]);
+        (a, b)
+    }
+
+    /// Disjoint sorted port ranges/values for a set.
+    fn port_set(&mut self, allow_ranges: bool) -> String {
+        let n = 1 + self.r.below(4);
+        let mut items: Vec<(u16, u16)> = Vec::new();
+        for _ in 0..n {
+            let (a, b) = if allow_ranges && self.r.chance(40) {
+                self.port_range()
+            } else {
+                let p = self.port();
+                (p, p)
+            };
+            if items
+                .iter()
+                .all(|&(x, y)| b < x.saturating_sub(1) || a > y.saturating_add(1))
+            {
+                items.push((a, b));
+            }
+        }
+        items.sort();
+        let parts: Vec<String> = items
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        format!("{{ {} }}", parts.join(", "))
+    }
+
+    fn op(&mut self) -> &'static str {
+        if self.r.chance(20) {
+            "!= "
+        } else {
+            ""
+        }
+    }
+
+    fn matcher(&mut self, proto: &mut Option<&'static str>) -> String {
+        loop {
+            let k = self.r.below(16);
+            let m = match k {
+                0 => {
+                    let (n, l) = self.prefix();
+                    let op = self.op();
+                    format!("ip saddr {op}{}/{l}", ip_s(n))
+                }
+                1 => {
+                    let a = self.src_base();
+                    let b = a.saturating_add(self.r.below(5000) as u32);
+                    self.h
+                        .saddrs
+                        .extend([a.wrapping_sub(1), a, b, b.wrapping_add(1)]);
+                    let op = self.op();
+                    format!("ip saddr {op}{}-{}", ip_s(a), ip_s(b))
+                }
+                2 => {
+                    let op = self.op();
+                    let d = self
+                        .r
+                        .pick(&[
+                            "10.200.0.1",
+                            "10.200.0.5",
+                            "10.200.0.0/30",
+                            "10.200.0.4/31",
+                            "{ 10.200.0.5, 10.200.0.9 }",
+                        ])
+                        .to_string();
+                    format!("ip daddr {op}{d}")
+                }
+                3 => {
+                    // nft refuses conflicting protocols (`meta l4proto udp
+                    // tcp dport 1`), so a protocol match comes first or not at all.
+                    if proto.is_some() {
+                        continue;
+                    }
+                    let p = *self.r.pick(&["tcp", "udp", "icmp"]);
+                    if self.r.chance(50) {
+                        *proto = Some(p);
+                        format!("meta l4proto {p}")
+                    } else if self.r.chance(50) {
+                        let op = self.op();
+                        *proto = Some(if op.is_empty() { p } else { "set" });
+                        format!("ip protocol {op}{p}")
+                    } else {
+                        *proto = Some("set");
+                        "meta l4proto { tcp, udp }".to_string()
+                    }
+                }
+                4..=6 => {
+                    let l4 = match proto {
+                        Some(p) if *p == "tcp" || *p == "udp" => *p,
+                        Some(_) => continue,
+                        None => *self.r.pick(&["tcp", "udp"]),
+                    };
+                    *proto = Some(l4);
+                    let f = if self.r.chance(70) { "dport" } else { "sport" };
+                    let rhs = match self.r.below(5) {
+                        0 => self.port().to_string(),
+                        1 => {
+                            let (a, b) = self.port_range();
+                            format!("{a}-{b}")
+                        }
+                        2 => self.port_set(true),
+                        3 => format!("< {}", self.port()),
+                        _ => format!(">= {}", self.port()),
+                    };
+                    let op = if rhs.starts_with(['<', '>']) {
+                        ""
+                    } else {
+                        self.op()
+                    };
+                    format!("{l4} {f} {op}{rhs}")
+                }
+                7 => {
+                    if proto.is_some_and(|p| p != "tcp") {
+                        continue;
+                    }
+                    *proto = Some("tcp");
+                    self.r
+                        .pick(&[
+                            "tcp flags syn",
+                            "tcp flags & (syn | ack) == syn",
+                            "tcp flags & (syn | ack) == syn | ack",
+                            "tcp flags == ack",
+                            "tcp flags != syn",
+                            "tcp flags & (fin | rst) != 0",
+                            "tcp flags { syn, ack }",
+                            "tcp flags fin,rst",
+                        ])
+                        .to_string()
+                }
+                8 => {
+                    if proto.is_some_and(|p| p != "icmp") {
+                        continue;
+                    }
+                    *proto = Some("icmp");
+                    self.r
+                        .pick(&[
+                            "icmp type echo-request",
+                            "icmp type { echo-request, destination-unreachable }",
+                            "icmp type != echo-request",
+                            "icmp code 0",
+                        ])
+                        .to_string()
+                }
+                9 | 10 => self
+                    .r
+                    .pick(&[
+                        "ct state new",
+                        "ct state established",
+                        "ct state established,related",
+                        "ct state invalid",
+                        "ct state related",
+                        "ct state { new, established }",
+                        "ct state != established",
+                        "ct state new,invalid",
+                        "ct direction original",
+                        "ct direction reply",
+                    ])
+                    .to_string(),
+                11 => self
+                    .r
+                    .pick(&[
+                        "ip ttl 64",
+                        "ip ttl < 64",
+                        "ip ttl > 63",
+                        "ip ttl { 1, 255 }",
+                        "ip length 20-60",
+                        "ip length > 60",
+                        "meta length < 41",
+                        "meta length 40-80",
+                    ])
+                    .to_string(),
+                12 => {
+                    if proto.is_some_and(|p| p != "udp") {
+                        continue;
+                    }
+                    *proto = Some("udp");
+                    self.r
+                        .pick(&["udp length 8-16", "udp length > 20", "udp length 12"])
+                        .to_string()
+                }
+                13 => {
+                    if self.r.chance(50) {
+                        format!("iifname \"{}\"", self.tap)
+                    } else {
+                        "meta iifname != \"nothere0\"".to_string()
+                    }
+                }
+                14 => "ip saddr @srcs".to_string(),
+                _ => "meta mark 0x00000000".to_string(),
+            };
+            return m;
+        }
+    }
+
+    fn verdict(&mut self, level: usize, proto: Option<&str>) -> String {
+        let jumpable: Vec<String> = self.regular.iter().skip(level).cloned().collect();
+        loop {
+            match self.r.below(20) {
+                0..=4 => return "accept".into(),
+                5..=7 => return "drop".into(),
+                8..=10 => return String::new(),
+                11..=13 if !jumpable.is_empty() => {
+                    let c = self.r.pick(&jumpable).clone();
+                    return format!("{} {c}", if self.r.chance(60) { "jump" } else { "goto" });
+                }
+                14 => return "return".into(),
+                15 => return "reject".into(),
+                16 if proto == Some("tcp") => return "reject with tcp reset".into(),
+                17 => return "reject with icmp type host-unreachable".into(),
+                18 if !jumpable.is_empty() && matches!(proto, None | Some("tcp")) => {
+                    let c = self.r.pick(&jumpable).clone();
+                    let p1 = self.port();
+                    let p2 = p1.wrapping_add(1 + self.r.below(5) as u16);
+                    if p2 <= p1 {
+                        continue;
+                    }
+                    return format!("tcp dport vmap {{ {p1} : accept, {p2} : jump {c} }}");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn rule(&mut self, level: usize) -> String {
+        let mut parts = Vec::new();
+        let mut proto = None;
+        let n = self.r.below(4);
+        let counter_at = if self.r.chance(75) {
+            Some(self.r.below(n + 1))
+        } else {
+            None
+        };
+        for i in 0..=n {
+            if counter_at == Some(i) {
+                parts.push("counter".to_string());
+            }
+            if i < n {
+                parts.push(self.matcher(&mut proto));
+            }
+        }
+        let v = self.verdict(level, proto);
+        if !v.is_empty() {
+            parts.push(v);
+        }
+        if parts.is_empty() {
+            parts.push("counter".into());
+        }
+        parts.join(" ")
+    }
+
+    fn ruleset(&mut self) -> String {
+        let family = *self.r.pick(&["ip", "inet"]);
+        let nreg = self.r.below(4) as usize;
+        self.regular = (0..nreg).map(|i| format!("r{i}")).collect();
+        let mut s = String::new();
+        let _ = writeln!(s, "table {family} gen {{");
+        // A named interval set of disjoint source prefixes.
+        let mut elems: Vec<(u32, u32, String)> = Vec::new();
+        for _ in 0..1 + self.r.below(4) {
+            let (n, l) = self.prefix();
+            let last = n | if l == 32 { 0 } else { u32::MAX >> l };
+            if elems.iter().all(|(a, b, _)| last < *a || n > *b) {
+                elems.push((n, last, format!("{}/{l}", ip_s(n))));
+            }
+        }
+        elems.sort();
+        let e: Vec<&str> = elems.iter().map(|x| x.2.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "\tset srcs {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}",
+            e.join(", ")
+        );
+        let nbase = 1 + self.r.below(3);
+        for b in 0..nbase {
+            let prio = *self.r.pick(&[-20i32, -10, 0, 0, 10, 20]);
+            let policy = if self.r.chance(25) { "drop" } else { "accept" };
+            let _ = writeln!(
+                s,
+                "\tchain b{b} {{\n\t\ttype filter hook input priority {prio}; policy {policy};"
+            );
+            for _ in 0..1 + self.r.below(7) {
+                let r = self.rule(0);
+                let _ = writeln!(s, "\t\t{r}");
+            }
+            let _ = writeln!(s, "\t}}");
+        }
+        for i in 0..nreg {
+            let _ = writeln!(s, "\tchain r{i} {{");
+            for _ in 0..self.r.below(5) {
+                let r = self.rule(i + 1);
+                let _ = writeln!(s, "\t\t{r}");
+            }
+            let _ = writeln!(s, "\t}}");
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+const OBSERVER: &str = "table ip zzobs {\n\tchain pre {\n\t\ttype filter hook input priority -1000; policy accept;\n\t\tcounter\n\t}\n\tchain post {\n\t\ttype filter hook input priority 1000; policy accept;\n\t\tcounter\n\t}\n}\n";
+
+/// Counters per (table, chain) from `nft list ruleset` text.
+fn kernel_counters(text: &str) -> HashMap<(String, String), Vec<(u64, u64)>> {
+    let mut m: HashMap<(String, String), Vec<(u64, u64)>> = HashMap::new();
+    let (mut table, mut chain) = (String::new(), String::new());
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.first() == Some(&"table") && w.len() >= 3 {
+            table = w[2].to_string();
+        } else if w.first() == Some(&"chain") && w.len() >= 2 {
+            chain = w[1].to_string();
+            m.entry((table.clone(), chain.clone())).or_default();
+        }
+        if let Some(i) = w.iter().position(|x| *x == "counter") {
+            if w.get(i + 1) == Some(&"packets") {
+                let p = w[i + 2].parse().unwrap();
+                let b = w[i + 4].parse().unwrap();
+                m.entry((table.clone(), chain.clone()))
+                    .or_default()
+                    .push((p, b));
+            }
+        }
+    }
+    m
+}
+
+fn our_counters(f: &Filter) -> HashMap<(String, String), Vec<(u64, u64)>> {
+    let mut m: HashMap<(String, String), Vec<(u64, u64)>> = HashMap::new();
+    for t in f.ruleset().tables() {
+        for c in &t.chains {
+            m.entry((t.name.clone(), c.name.clone())).or_default();
+        }
+    }
+    for line in f.list_counters().lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        m.entry((w[1].to_string(), w[2].to_string()))
+            .or_default()
+            .push((w[5].parse().unwrap(), w[7].parse().unwrap()));
+    }
+    m
+}
+
+// ---------------------------------------------------------------- packets
+
+/// One step of the packet script.
+enum Step {
+    Raw(Vec<u8>),
+    /// Complete the handshake of the flow from `sport` to the listener,
+    /// acknowledging the SYN-ACK the kernel sent (if any), then send data.
+    TcpAck {
+        src: [u8; 4],
+        sport: u16,
+        seq: u32,
+    },
+    /// An ICMP port-unreachable from the peer quoting the last UDP packet
+    /// the kernel sent to `dport`.
+    IcmpErrorForUdp {
+        peer: [u8; 4],
+        dport: u16,
+    },
+}
+
+fn rand_src(r: &mut Rng, h: &Hints) -> [u8; 4] {
+    let a = if !h.saddrs.is_empty() && r.chance(80) {
+        *r.pick(&h.saddrs)
+    } else {
+        0x0a00_0000 | r.below(1 << 24) as u32
+    };
+    let a = if is_local(a) || a >> 24 != 10 {
+        0x0a01_0203
+    } else {
+        a
+    };
+    a.to_be_bytes()
+}
+
+fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut used_sport = HashSet::new();
+    let mut fresh = |r: &mut Rng| loop {
+        let p = 20000 + r.below(40000) as u16;
+        if used_sport.insert(p) {
+            return p;
+        }
+    };
+    while steps.len() < n {
+        let src = rand_src(r, h);
+        let dst = if r.chance(80) { LOCAL } else { LOCAL2 };
+        let ttl = *r.pick(&[64u8, 64, 63, 65, 1, 255]);
+        let port = |r: &mut Rng| {
+            if !h.ports.is_empty() && r.chance(85) {
+                *r.pick(&h.ports)
+            } else {
+                r.below(65536) as u16
+            }
+        };
+        let payload = vec![0x61u8; *r.pick(&[0usize, 0, 1, 4, 12, 40])];
+        match r.below(10) {
+            0..=2 => {
+                let flags =
+                    *r.pick(&[0x02u8, 0x02, 0x10, 0x18, 0x12, 0x11, 0x04, 0x14, 0x03, 0x00]);
+                let (sport, dport) = if r.chance(25) {
+                    (port(r), fresh(r))
+                } else {
+                    (fresh(r), port(r))
+                };
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    dst,
+                    6,
+                    ttl,
+                    tcp(
+                        sport,
+                        dport,
+                        flags,
+                        r.next() as u32,
+                        r.next() as u32,
+                        &payload,
+                    ),
+                )));
+            }
+            3 | 4 => {
+                let (sport, dport) = if r.chance(25) {
+                    (port(r), fresh(r))
+                } else {
+                    (fresh(r), port(r))
+                };
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    dst,
+                    17,
+                    ttl,
+                    udp(sport, dport, &payload),
+                )));
+            }
+            5 => {
+                let ty = *r.pick(&[8u8, 8, 0, 3, 13]);
+                let id = fresh(r);
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    dst,
+                    1,
+                    ttl,
+                    icmp(ty, 0, id, 1, &payload),
+                )));
+            }
+            6 => {
+                // ICMP echo twice: the second is established if the kernel replied.
+                let id = fresh(r);
+                let p = ipv4(src, dst, 1, ttl, icmp(8, 0, id, 1, b"ping"));
+                steps.push(Step::Raw(p.clone()));
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    dst,
+                    1,
+                    ttl,
+                    icmp(8, 0, id, 2, b"ping"),
+                )));
+            }
+            7 => {
+                // TCP handshake with the listener, then data.
+                let sport = fresh(r);
+                let seq = r.next() as u32;
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    LOCAL,
+                    6,
+                    64,
+                    tcp(sport, TCP_LISTEN, 0x02, seq, 0, &[]),
+                )));
+                steps.push(Step::TcpAck { src, sport, seq });
+            }
+            8 => {
+                // UDP exchange with the echo socket, the same again, and an
+                // ICMP error quoting the echo's reply (related).
+                let sport = fresh(r);
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    LOCAL,
+                    17,
+                    64,
+                    udp(sport, UDP_ECHO, b"hello"),
+                )));
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    LOCAL,
+                    17,
+                    64,
+                    udp(sport, UDP_ECHO, b"again"),
+                )));
+                steps.push(Step::IcmpErrorForUdp {
+                    peer: src,
+                    dport: sport,
+                });
+            }
+            _ => {
+                // SYN to a closed port, answered by RST; then SYN again.
+                let sport = fresh(r);
+                let dport = 7000 + r.below(100) as u16;
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    dst,
+                    6,
+                    64,
+                    tcp(sport, dport, 0x02, 1000, 0, &[]),
+                )));
+                steps.push(Step::Raw(ipv4(
+                    src,
+                    dst,
+                    6,
+                    64,
+                    tcp(sport, dport, 0x02, 5000, 0, &[]),
+                )));
+            }
+        }
+    }
+    steps
+}
+
+fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+struct Listeners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn listeners(ns: &Netns) -> Listeners {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s1, s2) = (stop.clone(), stop.clone());
+    let t1 = ns.spawn(move || {
+        let l = std::net::TcpListener::bind(("10.200.0.1", TCP_LISTEN)).expect("bind tcp");
+        l.set_nonblocking(true).unwrap();
+        let mut conns = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !s1.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok((c, _)) = l.accept() {
+                conns.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let t2 = ns.spawn(move || {
+        let u = std::net::UdpSocket::bind(("10.200.0.1", UDP_ECHO)).expect("bind udp");
+        u.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !s2.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok((n, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(&buf[..n], from);
+            }
+        }
+    });
+    Listeners {
+        stop,
+        threads: vec![t1, t2],
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    rulesets: usize,
+    packets: usize,
+    not_reached: usize,
+    accepted: usize,
+    dropped: usize,
+    rejected: usize,
+    counters_compared: usize,
+    replies: usize,
+    mismatches: Vec<String>,
+}
+
+fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
+    let mut r = Rng(seed | 1);
+    let tap_name = format!("fnnft{}t", std::process::id() % 100000);
+    let mut g = Gen {
+        r: &mut r,
+        h: Hints::default(),
+        regular: Vec::new(),
+        tap: tap_name.clone(),
+    };
+    let text = g.ruleset();
+    let hints = std::mem::take(&mut g.h);
+    let ns = Netns::new(format!("fnnft{}_{k}", std::process::id()));
+    ns.exec(
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv4.icmp_msgs_per_sec=100000",
+            "net.ipv4.conf.all.accept_local=1",
+        ],
+        None,
+    )
+    .expect("sysctl");
+    let tn = tap_name.clone();
+    let mut tap = ns.spawn(move || open_tap(&tn)).join().expect("tap thread");
+    let batch = format!(
+        "link set lo up\nlink set {tap_name} address 02:00:00:00:00:01\nlink set {tap_name} up\naddr add 10.200.0.1/24 dev {tap_name}\naddr add 10.200.0.5/32 dev {tap_name}\nneigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev {tap_name} nud permanent\nroute add default via 10.200.0.2\n"
+    );
+    run("ip", &["-n", &ns.name, "-batch", "-"], Some(&batch)).expect("ip batch");
+    let _l = listeners(&ns);
+    std::thread::sleep(Duration::from_millis(30));
+    let full = format!("flush ruleset\n{text}{OBSERVER}");
+    if let Err(e) = ns.exec(&["nft", "-f", "-"], Some(&full)) {
+        panic!("kernel refused generated ruleset {k} (seed {seed}): {e}\n{full}");
+    }
+    let mut f = Filter::new(4096);
+    if let Err(e) = f.replace(&text) {
+        panic!("nft_filter refused ruleset {k} that the kernel took: {e}\n{text}");
+    }
+    let meta = PacketMeta {
+        iif: IfName::new(&tap_name),
+        oif: None,
+        mark: 0,
+    };
+    let epoch = Instant::now();
+    let now = || epoch.elapsed().as_nanos() as u64 + 1;
+    // Early kernel chatter (none expected with IPv6 off) is drained.
+    for fr in drain(&mut tap, Duration::from_millis(5)) {
+        feed_output(&mut f, &fr, now());
+    }
+    let steps = script(g.r, &hints, npackets);
+    let mut reached = 0u64;
+    let mut accepted_k = 0u64;
+    let mut last_synack: HashMap<u16, (u32, u32)> = HashMap::new();
+    let mut last_udp_out: HashMap<u16, Vec<u8>> = HashMap::new();
+    t.rulesets += 1;
+    for (i, step) in steps.iter().enumerate() {
+        let pkt = match step {
+            Step::Raw(p) => p.clone(),
+            Step::TcpAck { src, sport, seq } => match last_synack.get(sport) {
+                Some(&(kseq, _)) => ipv4(
+                    *src,
+                    LOCAL,
+                    6,
+                    64,
+                    tcp(
+                        *sport,
+                        TCP_LISTEN,
+                        0x18,
+                        seq.wrapping_add(1),
+                        kseq.wrapping_add(1),
+                        b"data",
+                    ),
+                ),
+                None => continue,
+            },
+            Step::IcmpErrorForUdp { peer, dport } => match last_udp_out.get(dport) {
+                Some(q) => ipv4(
+                    *peer,
+                    LOCAL,
+                    1,
+                    64,
+                    icmp(3, 3, 0, 0, &q[..q.len().min(28 + 8)]),
+                ),
+                None => continue,
+            },
+        };
+        let ours = f.evaluate(Hook::Input, LinkType::Ip, &pkt, &meta, now());
+        let frame = ether(TAP_MAC, PEER_MAC, 0x0800, &pkt);
+        tap.write_all(&frame).expect("tap write");
+        // Wait until the kernel's input hook saw it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let (listing, pre, post) = loop {
+            let listing = ns
+                .exec(&["nft", "list", "ruleset"], None)
+                .expect("nft list");
+            let kc = kernel_counters(&listing);
+            let pre = kc
+                .get(&("zzobs".into(), "pre".into()))
+                .and_then(|v| v.first())
+                .map(|c| c.0)
+                .unwrap_or(0);
+            let post = kc
+                .get(&("zzobs".into(), "post".into()))
+                .and_then(|v| v.first())
+                .map(|c| c.0)
+                .unwrap_or(0);
+            if pre > reached || Instant::now() > deadline {
+                break (kc, pre, post);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if pre == reached {
+            // The kernel dropped it before the input hook (routing); nothing to compare.
+            t.not_reached += 1;
+            continue;
+        }
+        reached = pre;
+        let kernel_accepted = post > accepted_k;
+        accepted_k = post;
+        t.packets += 1;
+        match ours {
+            Verdict::Accept => t.accepted += 1,
+            Verdict::Drop => t.dropped += 1,
+            Verdict::Reject(_) => t.rejected += 1,
+        }
+        if kernel_accepted != (ours == Verdict::Accept) {
+            t.mismatches.push(format!(
+                "ruleset {k} (seed {seed:#x}) packet {i}: kernel {} ours {ours:?}\npacket {:02x?}\n{text}",
+                if kernel_accepted { "accept" } else { "drop" },
+                pkt
+            ));
+        }
+        let oc = our_counters(&f);
+        for ((tb, ch), ours_c) in &oc {
+            let kern = listing
+                .get(&(tb.clone(), ch.clone()))
+                .cloned()
+                .unwrap_or_default();
+            t.counters_compared += ours_c.len();
+            if &kern != ours_c {
+                t.mismatches.push(format!("ruleset {k} (seed {seed:#x}) packet {i}: counters of {tb}/{ch}: kernel {kern:?} ours {ours_c:?}\n{text}"));
+            }
+        }
+        // Replies the kernel sent; expected ones get time to arrive.
+        let expect_reply = ours == Verdict::Accept
+            && (matches!(step, Step::Raw(p) if (p[9] == 1 && p[20] == 8) || (p[9] == 17 && u16::from_be_bytes([p[22], p[23]]) == UDP_ECHO) || (p[9] == 6 && u16::from_be_bytes([p[22], p[23]]) == TCP_LISTEN)))
+            || matches!(ours, Verdict::Reject(_));
+        let wait = if expect_reply {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        };
+        for fr in drain(&mut tap, wait) {
+            if fr.len() < 34 || fr[12..14] != [0x08, 0x00] {
+                continue;
+            }
+            let ip = &fr[14..];
+            if ip[9] == 6 && fr.len() >= 54 && ip[33] & 0x12 == 0x12 {
+                let dport = u16::from_be_bytes([ip[22], ip[23]]);
+                let kseq = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
+                last_synack.insert(dport, (kseq, 0));
+            }
+            if ip[9] == 17 {
+                last_udp_out.insert(u16::from_be_bytes([ip[22], ip[23]]), ip.to_vec());
+            }
+            feed_output(&mut f, &fr, now());
+            t.replies += 1;
+        }
+        if t.mismatches.len() > 20 {
+            return;
+        }
+    }
+}
+
+fn feed_output(f: &mut Filter, frame: &[u8], now: u64) {
+    if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
+        let ip = &frame[14..];
+        let v = f.evaluate(Hook::Output, LinkType::Ip, ip, &PacketMeta::default(), now);
+        assert_eq!(
+            v,
+            Verdict::Accept,
+            "generated rulesets have no output chains"
+        );
+    }
+}
+
+#[test]
+fn kernel_differential() {
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("the differential test needs root (network namespaces, TAP, nft)");
+    }
+    if run("nft", &["--version"], None).is_err() {
+        panic!("the differential test needs the nft binary: apt-get install -y nftables");
+    }
+    let rulesets = env_usize("NFT_DIFF_RULESETS", 30);
+    let packets = env_usize("NFT_DIFF_PACKETS", 60);
+    let seed0 = std::env::var("NFT_DIFF_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0x00c0_ffee_1234_5678);
+    let mut t = Tally::default();
+    let start = Instant::now();
+    for k in 0..rulesets {
+        let seed = seed0
+            .wrapping_add(k as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        one_ruleset(k, seed, packets, &mut t);
+        if t.mismatches.len() > 20 {
+            break;
+        }
+    }
+    println!(
+        "differential: {} rulesets, {} packets compared ({} accepted, {} dropped, {} rejected), {} counter values compared, {} kernel replies fed to our output hook, {} packets not reaching the hook, {} mismatches, {:.1}s",
+        t.rulesets,
+        t.packets,
+        t.accepted,
+        t.dropped,
+        t.rejected,
+        t.counters_compared,
+        t.replies,
+        t.not_reached,
+        t.mismatches.len(),
+        start.elapsed().as_secs_f64()
+    );
+    for m in t.mismatches.iter().take(5) {
+        println!("MISMATCH {m}");
+    }
+    assert!(t.mismatches.is_empty(), "{} mismatches", t.mismatches.len());
+    assert!(
+        t.packets >= rulesets * packets / 2,
+        "too few packets reached the kernel's input hook: {}",
+        t.packets
+    );
+}
