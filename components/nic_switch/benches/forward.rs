@@ -84,6 +84,12 @@ fn main() {
             linux.push(k);
         }
     }
+    let core = run_core();
+    println!(
+        "switch core alone (one thread, generator and sink inline): {:.2} M frames/s ({:.1} ns/frame)",
+        core / 1e6,
+        1e9 / core
+    );
     let mf = median(&mut fragnet);
     println!("median fragnet nic_switch: {:.2} M frames/s", mf / 1e6);
     if kernel {
@@ -331,6 +337,53 @@ fn sink(mut ch: Channel, secs: u64) {
     let (t0, c0) = mark.expect("warm-up passed");
     let rate = (count - c0) as f64 / t0.elapsed().as_secs_f64();
     println!("rate {rate}\nbytes {bytes}");
+}
+
+// ---- the forwarding core alone -----------------------------------------
+
+/// The same `Switch` the binary runs, over two real channels, with the
+/// generator and the sink inline in one thread (no scheduling in the way):
+/// fill the generator's ring, run one round, drain the sink's ring.
+fn run_core() -> f64 {
+    let cfg = Config::default();
+    let gen_fds = create(&cfg, "core-gen").expect("create");
+    let sink_fds = create(&cfg, "core-sink").expect("create");
+    let mut gen = Channel::attach(gen_fds.try_clone().expect("dup"), Side::B).expect("attach");
+    let mut sink = Channel::attach(sink_fds.try_clone().expect("dup"), Side::B).expect("attach");
+    let mut switch: nic_switch::Switch<Channel> = nic_switch::Switch::new(256, 4096, 300);
+    switch.attach(
+        "nic:gen",
+        Channel::attach(gen_fds, Side::A).expect("attach"),
+    );
+    switch.attach(
+        "nic:sink",
+        Channel::attach(sink_fds, Side::A).expect("attach"),
+    );
+    let f = frame(SINK_MAC, GEN_MAC);
+    Endpoint::send(&mut sink, &frame(GEN_MAC, SINK_MAC)).expect("send");
+    sink.flush();
+    let mut forwarded: u64 = 0;
+    let start = Instant::now();
+    let mut rounds = 0u32;
+    let elapsed = loop {
+        let mut n = 0;
+        while n < 256 && Endpoint::send(&mut gen, &f).is_ok() {
+            n += 1;
+        }
+        gen.flush();
+        switch.poll(0, |d| panic!("disconnect: {d:?}"));
+        forwarded += Endpoint::recv(&mut sink, 1024, |_| {}).unwrap_or(0) as u64;
+        sink.flush();
+        let _ = Endpoint::recv(&mut gen, 1024, |_| {});
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of(256) {
+            let e = start.elapsed();
+            if e >= Duration::from_secs(1) {
+                break e;
+            }
+        }
+    };
+    forwarded as f64 / elapsed.as_secs_f64()
 }
 
 // ---- Linux kernel reference -----------------------------------------
