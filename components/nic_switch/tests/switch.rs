@@ -104,12 +104,10 @@ fn host_pings_endpoint_behind_switch() {
     assert!(stat(Some(&ns), &ctl, "switch", "port.nic:ep.rx_frames") >= 4);
 }
 
-#[test]
-fn switch_restarted_after_sigkill_and_pings_resume() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, TAP)");
-        return;
-    }
+/// Kills the process named `comm` (SIGKILL) while the host pings the
+/// endpoint every 50 ms, then checks that `init` restarted it and pings
+/// resume. Returns the fragnet log.
+fn kill_mid_traffic_and_recover(comm: &str) -> String {
     let ns = NetNs::new("fnnic");
     let dir = TempDir::new("fnnic");
     let script = write_script(
@@ -123,7 +121,7 @@ fn switch_restarted_after_sigkill_and_pings_resume() {
         "endpoint never answered; log:\n{}",
         fragnet.log()
     );
-    // Traffic in flight while the switch dies: a ping every 50 ms for 4 s.
+    // Traffic in flight while the process dies: a ping every 50 ms for 4 s.
     let mut background = ns
         .exec("ping")
         .args(["-n", "-q", "-i", "0.05", "-w", "4", "10.77.0.10"])
@@ -132,28 +130,59 @@ fn switch_restarted_after_sigkill_and_pings_resume() {
         .spawn()
         .expect("background ping");
     std::thread::sleep(Duration::from_millis(500));
-    let switch_pid = ns
+    let pid = ns
         .pids()
         .into_iter()
         .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "nic_switch")
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
         })
-        .expect("nic_switch runs in the namespace");
+        .unwrap_or_else(|| panic!("{comm} runs in the namespace"));
     // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(switch_pid, libc::SIGKILL) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let killed = Instant::now();
     assert!(
         wait_for(Duration::from_secs(10), || ns.ping("10.77.0.10", 1)),
-        "pings did not resume after the switch was killed; log:\n{}",
+        "pings did not resume after {comm} was killed; log:\n{}",
         fragnet.log()
     );
-    eprintln!("pings resumed {:?} after SIGKILL", killed.elapsed());
+    eprintln!(
+        "pings resumed {:?} after SIGKILL of {comm}",
+        killed.elapsed()
+    );
     assert!(ns.ping("10.77.0.10", 3), "log:\n{}", fragnet.log());
     let _ = background.wait();
     let log = fragnet.log();
     assert!(
         log.contains("SIGKILL") || log.contains("signal: 9"),
+        "log:\n{log}"
+    );
+    log
+}
+
+#[test]
+fn switch_restarted_after_sigkill_and_pings_resume() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP)");
+        return;
+    }
+    let log = kill_mid_traffic_and_recover("nic_switch");
+    // Its peers were handed fresh channels.
+    assert!(
+        log.contains("[tap0#0] info: client channel 'nic:switch' replaced"),
+        "log:\n{log}"
+    );
+}
+
+#[test]
+fn endpoint_restarted_switch_replaces_its_port() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP)");
+        return;
+    }
+    let log = kill_mid_traffic_and_recover("frame_endpoint");
+    // The switch got the new channel with a `channel` message.
+    assert!(
+        log.contains("[switch] info: port 1 'nic:ep' up"),
         "log:\n{log}"
     );
 }
