@@ -55,7 +55,12 @@ fn transfer(s: &mut Tcp, opt: &Opt, shutdown: impl Fn(&Tcp)) -> io::Result<(u64,
         let w = s.write(&pat[off..off + n as usize])?;
         sent += w as u64;
     }
-    shutdown(s);
+    // A pure receiver closes after the stream ended (a half-closed
+    // receiver trips a zero-window stall in smoltcp 0.14: see BENCH_RESULTS).
+    let half_close = sent > 0 || until.is_some();
+    if half_close {
+        shutdown(s);
+    }
     let mut got = 0u64;
     let mut ok = true;
     let mut buf = vec![0u8; CHUNK];
@@ -70,6 +75,9 @@ fn transfer(s: &mut Tcp, opt: &Opt, shutdown: impl Fn(&Tcp)) -> io::Result<(u64,
             }
         }
         got += n as u64;
+    }
+    if !half_close {
+        shutdown(s);
     }
     Ok((sent, got, ok))
 }

@@ -217,6 +217,28 @@ impl Stack {
         i.pump().map(|_| ())
     }
 
+    /// Sends `bytes` as one raw message, unchecked. For tests that play a
+    /// hostile application (the stack must answer garbage with an error or
+    /// a disconnect, never crash); a real application has no use for it.
+    pub fn send_raw_for_tests(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut i = self.inner.borrow_mut();
+        let len = bytes.len();
+        Endpoint::send_with(&mut i.ch, len, |buf| {
+            buf[..len].copy_from_slice(bytes);
+            len
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        i.ch.flush();
+        Ok(())
+    }
+
+    /// Error completions and events received that belong to no request
+    /// or socket (what the stack answers garbage with).
+    pub fn stray_errors(&self) -> usize {
+        let i = self.inner.borrow();
+        i.st.done.values().filter(|m| m.val < 0).count() + i.st.bad as usize
+    }
+
     /// Messages from the stack that were skipped as malformed.
     pub fn bad_messages(&self) -> u64 {
         self.inner.borrow().st.bad
