@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             Ok(sup) => ExitCode::from(sup.run() as u8),
             Err(e) => {
                 eprintln!("{e}");
-                eprintln!("fragnet: nothing was started");
+                eprintln!("fragnet: not started (nothing is left running or created)");
                 ExitCode::from(2)
             }
         },

@@ -783,9 +783,10 @@ impl Supervisor {
 
     // --- main loop --------------------------------------------------------
 
-    /// Runs until SIGINT/SIGTERM; then shuts down.
+    /// Runs until SIGINT/SIGTERM, then shuts down; returns the exit code.
     pub fn run(mut self) -> i32 {
         let mut last_watch = Instant::now();
+        let mut failed = false;
         loop {
             let now = Instant::now();
             let mut timeout = Duration::from_secs(1).saturating_sub(now - last_watch);
@@ -807,7 +808,8 @@ impl Supervisor {
                 match poll(&mut fds, Some(&ts)) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => {
-                        error!("poll: {e}");
+                        error!("poll: {e}; shutting down");
+                        failed = true;
                         break;
                     }
                 }
@@ -851,7 +853,7 @@ impl Supervisor {
             }
         }
         self.cleanup();
-        0
+        i32::from(failed)
     }
 
     /// Stops every component (`shutdown`, then SIGKILL), deletes TAP

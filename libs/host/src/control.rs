@@ -151,8 +151,20 @@ impl Control {
     /// descriptors closed) and reported as an `InvalidData` error; the
     /// socket stays usable.
     pub fn recv(&mut self) -> io::Result<Option<ControlMsg>> {
-        if self.buf.len() < MAX_MSG + 1 {
-            self.buf.resize(MAX_MSG + 1, 0);
+        // Learn the size of the next message first (MSG_PEEK|MSG_TRUNC
+        // returns its real length), so the buffer grows only for big ones.
+        let mut probe = [0u8; 1];
+        let len = loop {
+            match rustix::net::recv(&self.fd, &mut probe, RecvFlags::PEEK | RecvFlags::TRUNC) {
+                Ok((_, len)) => break len,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let want = len.clamp(1, MAX_MSG + 1);
+        if self.buf.len() < want {
+            self.buf
+                .resize(want.next_power_of_two().min(MAX_MSG + 1), 0);
         }
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
