@@ -256,20 +256,29 @@ impl Supervisor {
             .script
             .starts
             .iter()
-            .filter_map(|s| s.tap.clone())
+            .filter_map(|s| {
+                let at = format!(
+                    "{}:{}:{}: start \"{}\"",
+                    self.script.path.display(),
+                    s.line,
+                    s.col,
+                    s.name
+                );
+                s.tap.clone().map(|t| (t, at))
+            })
             .collect();
-        for t in taps {
-            fragnet_host::tap::create_persistent(&t.ifname, t.queues > 1)
-                .map_err(|e| e.to_string())?;
+        for (t, at) in taps {
+            let fail = |e: io::Error| format!("{at}: {e}");
+            fragnet_host::tap::create_persistent(&t.ifname, t.queues > 1).map_err(fail)?;
             self.taps.push(t.ifname.clone());
             if let Some(mtu) = t.mtu {
                 run_ip(&["link", "set", "dev", &t.ifname, "mtu", &mtu.to_string()])
-                    .map_err(|e| e.to_string())?;
+                    .map_err(fail)?;
             }
             if let Some(ip) = &t.host_ip {
-                run_ip(&["addr", "add", ip, "dev", &t.ifname]).map_err(|e| e.to_string())?;
+                run_ip(&["addr", "add", ip, "dev", &t.ifname]).map_err(fail)?;
             }
-            run_ip(&["link", "set", "dev", &t.ifname, "up"]).map_err(|e| e.to_string())?;
+            run_ip(&["link", "set", "dev", &t.ifname, "up"]).map_err(fail)?;
             info!(
                 "created TAP device {} ({} queue{}{})",
                 t.ifname,

@@ -679,3 +679,64 @@ fn demo_over_tap_survives_a_switch_restart_and_cleans_up() {
     }
     assert!(ns.pids().is_empty(), "processes left in the namespace");
 }
+
+#[test]
+fn a_component_failing_to_start_undoes_everything() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP)");
+        return;
+    }
+    if !bin_dir().join("nic_drv").is_file() {
+        eprintln!("skipped: nic_drv not built (cargo build --workspace --bins)");
+        return;
+    }
+    let ns = NetNs::new("fninit");
+    let dir = TempDir::new("fninit-undo");
+    // An executable whose interpreter does not exist: found, but exec fails.
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    let broken = bins.join("broken");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let drv = unique_name("fninitd");
+    let script = write_script(
+        dir.path(),
+        "undo.xml",
+        &format!(
+            r#"<config control="undo.sock">
+  <start name="{drv}">
+    <binary name="nic_drv"/>
+    <config backend="tap" ifname="fnundo0" host_ip="10.79.0.1/24"/>
+    <provides><service name="Nic"/></provides>
+  </start>
+  <start name="client">
+    <binary name="broken"/>
+    <route><service name="Nic"><child name="{drv}"/></service></route>
+  </start>
+</config>
+"#
+        ),
+    );
+    let out = ns
+        .exec(env!("CARGO_BIN_EXE_fragnet"))
+        .arg("run")
+        .arg(&script)
+        .env("FRAGNET_BIN_DIR", &bins)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("starting client ("), "{err}");
+    // The driver had been started and the device created: both are gone.
+    assert!(err.contains(&format!("started {drv}#0")), "{err}");
+    assert!(err.contains("deleted TAP device fnundo0"), "{err}");
+    let links = ns.sh("ip -o link show");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("fnundo0"));
+    assert!(
+        processes_named(&format!("{drv}#0")).is_empty(),
+        "driver left running"
+    );
+    assert!(ns.pids().is_empty());
+    assert!(!dir.path().join("undo.sock").exists());
+}
