@@ -64,6 +64,10 @@ fn main() {
     println!(
         "forward: 64-byte frames, {runs} runs of {secs} s each (alternating fragnet / kernel)"
     );
+    // Other work on the machine skews every figure: show how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!("load average at start: {}", load.join(" "));
     let mut fragnet = Vec::new();
     let mut linux = Vec::new();
     for run in 0..runs {
