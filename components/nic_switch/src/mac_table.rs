@@ -33,6 +33,7 @@ struct Entry {
 /// A MAC address packed into the low 48 bits.
 type Key = u64;
 
+#[inline]
 fn key(mac: &[u8; 6]) -> Key {
     let mut b = [0u8; 8];
     b[..6].copy_from_slice(mac);
