@@ -378,6 +378,7 @@ impl Stack {
         let (live, closing) = self.svc.counts();
         let _ = writeln!(out, "sockets_live {live}");
         let _ = writeln!(out, "tcp_closing {closing}");
+        self.svc.socket_lines(&self.sockets, &mut out);
         let _ = writeln!(
             out,
             "app_channel {}",

@@ -128,6 +128,9 @@ struct Sock {
     /// Last cumulative send credit sent, wrapping.
     granted: u32,
     credit_started: bool,
+    /// Connected (established once, or accepted): only then can it report
+    /// end of stream or a reset. A fresh socket sits in smoltcp's `Closed`.
+    live: bool,
     fin_seen: bool,
     eof_sent: bool,
     err_sent: bool,
@@ -146,6 +149,7 @@ impl Sock {
             enqueued: 0,
             granted: 0,
             credit_started: false,
+            live: false,
             fin_seen: false,
             eof_sent: false,
             err_sent: false,
@@ -820,6 +824,7 @@ impl Service {
             self.stats.tcp_accepted += 1;
             if let Some(s) = self.slots[new].as_mut() {
                 s.port = port;
+                s.live = true;
             }
             cx.ports.tcp_ref(port, true);
             let fresh = cx.sockets.add(new_tcp(&l));
@@ -854,6 +859,33 @@ impl Service {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// One line per live TCP connection (for `stats`): state, credit,
+    /// queued bytes.
+    pub fn socket_lines(&self, sockets: &SocketSet<'_>, out: &mut String) {
+        #[cfg(feature = "tcp")]
+        use std::fmt::Write;
+        for s in self.slots.iter().flatten() {
+            #[cfg(feature = "tcp")]
+            if let (Kind::Tcp, Some(h)) = (&s.kind, s.handle) {
+                let t = sockets.get::<smoltcp::socket::tcp::Socket>(h);
+                let _ = writeln!(
+                    out,
+                    "tcp_sock_{:x} state={} rx_credit={} recv_queue={} send_queue={} granted={} enqueued={} eof_sent={} err_sent={}",
+                    s.id,
+                    t.state(),
+                    s.rx_credit,
+                    t.recv_queue(),
+                    t.send_queue(),
+                    s.granted,
+                    s.enqueued,
+                    s.eof_sent,
+                    s.err_sent
+                );
+            }
+            let _ = (s, sockets, &out);
         }
     }
 
@@ -958,7 +990,11 @@ fn poll_tcp<A: FrameQueue>(s: &mut Sock, cx: &mut Cx<'_, '_>, app: &mut A, max: 
             s.err_sent = true;
             return true;
         }
+        s.live = true;
         tcp.set_timeout(None);
+    }
+    if !s.live {
+        return work;
     }
     // Received bytes, as far as the application granted credit.
     while s.rx_credit > 0 && tcp.can_recv() {

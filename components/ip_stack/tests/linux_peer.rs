@@ -246,7 +246,6 @@ fn hundred_linux_tcp_connections_one_mib_each_way() {
 }
 
 #[test]
-#[ignore = "known bug: the download stalls after ~6.5 MiB (Linux saw all 8 MiB acked by smoltcp, the app stops getting data); under investigation"]
 fn fragnet_client_downloads_from_linux_server() {
     need_root!();
     const SIZE: usize = 8 << 20;
