@@ -56,7 +56,8 @@ impl FrameEndpoint {
         }
         let mut moved = received > 0;
         if Instant::now() >= self.next_ping {
-            self.next_ping += PING_INTERVAL;
+            // One probe per interval, no burst to catch up after a stall.
+            self.next_ping = Instant::now() + PING_INTERVAL;
             if let Some(len) = self.responder.ping_tick(&mut self.replies[0]) {
                 self.reply_len[0] = len;
                 self.transmit(0);
