@@ -56,6 +56,9 @@ struct Proc {
     restarts: u32,
     fast_crashes: u32,
     last_exit: Option<String>,
+    /// Asked to stop for a restart with a new config: its exit is not a
+    /// crash; SIGKILL if it is still there at this time.
+    stopping: Option<Instant>,
 }
 
 struct LinkState {
@@ -210,6 +213,7 @@ impl Supervisor {
                 restarts: 0,
                 fast_crashes: 0,
                 last_exit: None,
+                stopping: None,
             })
             .collect();
         let links = plan
@@ -472,6 +476,12 @@ impl Supervisor {
                 p.state = State::Failed;
                 continue;
             }
+            if p.stopping.take().is_some() {
+                p.state = State::Backoff(Instant::now());
+                p.fast_crashes = 0;
+                info!("{name} (pid {pid}) stopped ({status}); starting it with its new config");
+                continue;
+            }
             let ran = p.started.elapsed();
             p.fast_crashes = if ran < FAST_CRASH {
                 p.fast_crashes + 1
@@ -560,9 +570,53 @@ impl Supervisor {
             .iter()
             .filter_map(|p| match p.state {
                 State::Backoff(at) => Some(at),
-                _ => None,
+                _ => p.stopping,
             })
             .min()
+    }
+
+    /// Restarts the instances of start `s` (its config changed): asks them
+    /// to shut down; `reap` starts them again, `kill_overdue` helps.
+    fn restart_start(&mut self, s: usize) {
+        for i in 0..self.procs.len() {
+            if self.plan.instances[i].start != s {
+                continue;
+            }
+            let p = &mut self.procs[i];
+            match p.state {
+                State::Running => {
+                    p.stopping = Some(Instant::now() + SHUTDOWN_GRACE);
+                    if let Some(ctl) = &p.control {
+                        let _ = ctl.send("shutdown");
+                    }
+                }
+                // A given-up component gets another chance with a new config.
+                State::Failed => {
+                    p.fast_crashes = 0;
+                    p.state = State::Backoff(Instant::now());
+                }
+                State::Backoff(_) => {}
+            }
+        }
+    }
+
+    /// SIGKILLs components that did not stop in time after `shutdown`.
+    fn kill_overdue(&mut self) {
+        let now = Instant::now();
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            if p.stopping.is_some_and(|at| at <= now) {
+                if let Some(c) = p.child.as_mut() {
+                    warn!(
+                        "{} (pid {}) did not stop after shutdown; killing it",
+                        self.plan.instances[i].name,
+                        c.id()
+                    );
+                    let _ = c.kill();
+                }
+                // Its exit (SIGCHLD) still counts as a requested stop.
+                p.stopping = Some(now + Duration::from_secs(3600));
+            }
+        }
     }
 
     /// Re-reads the run script and the rule files; applies changed rules.
@@ -589,24 +643,30 @@ impl Supervisor {
         };
         info!("run script {} changed", self.script.path.display());
         let mut ignored = Vec::new();
+        let mut restart = Vec::new();
         for (i, old) in self.script.starts.iter_mut().enumerate() {
-            match new.start(&old.name) {
-                Some(n) => {
-                    if n.nftables != old.nftables {
-                        old.nftables = n.nftables.clone();
-                        self.rules_sent.remove(&i);
-                    }
-                    let mut a = n.clone();
-                    a.nftables = old.nftables.clone();
-                    a.config_xml = strip_nftables(&a.config_xml);
-                    let mut b = old.clone();
-                    b.config_xml = strip_nftables(&b.config_xml);
-                    if a != b {
-                        ignored.push(old.name.clone());
-                    }
-                }
-                None => ignored.push(format!("{} (removed)", old.name)),
+            let Some(n) = new.start(&old.name) else {
+                ignored.push(format!("{} (removed)", old.name));
+                continue;
+            };
+            if n.nftables != old.nftables {
+                old.nftables = n.nftables.clone();
+                self.rules_sent.remove(&i);
             }
+            if shape(n) != shape(old) {
+                ignored.push(old.name.clone());
+            } else if strip_nftables(&n.config_xml) != strip_nftables(&old.config_xml) {
+                if old.tap.is_some() {
+                    ignored.push(format!("{} (TAP device settings)", old.name));
+                } else {
+                    info!("{}: <config> changed; restarting it", old.name);
+                    old.config_xml = n.config_xml.clone();
+                    restart.push(i);
+                }
+            }
+        }
+        for s in restart {
+            self.restart_start(s);
         }
         for n in &new.starts {
             if self.script.start(&n.name).is_none() {
@@ -615,7 +675,7 @@ impl Supervisor {
         }
         if !ignored.is_empty() {
             warn!(
-                "only <nftables> changes apply while running; restart fragnet to apply the changes to: {}",
+                "only <config> changes apply while running; restart fragnet to apply the changes to: {}",
                 ignored.join(", ")
             );
         }
@@ -855,6 +915,7 @@ impl Supervisor {
             }
             let mut k = keep.into_iter();
             self.clients.retain(|_| k.next().unwrap_or(true));
+            self.kill_overdue();
             self.restart_due();
             if last_watch.elapsed() >= Duration::from_secs(1) {
                 last_watch = Instant::now();
@@ -926,6 +987,22 @@ fn reassemble(m: &fragnet_host::ControlMsg) -> String {
         s.push_str(&m.body);
     }
     s
+}
+
+/// What of a start cannot change while running (positions left out).
+fn shape(s: &crate::script::Start) -> impl PartialEq {
+    (
+        s.binary.clone(),
+        s.cpu,
+        s.provides.clone(),
+        s.routes
+            .iter()
+            .map(|r| (r.service.clone(), r.child.clone(), r.queue))
+            .collect::<Vec<_>>(),
+        s.queues,
+        s.is_driver,
+        s.tap.clone(),
+    )
 }
 
 /// A `<config>` text without its `<nftables …/>` elements (to compare the

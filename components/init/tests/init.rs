@@ -740,3 +740,66 @@ fn a_component_failing_to_start_undoes_everything() {
     assert!(ns.pids().is_empty());
     assert!(!dir.path().join("undo.sock").exists());
 }
+
+#[test]
+fn a_changed_config_restarts_that_component_with_it() {
+    let dir = TempDir::new("fninit-config");
+    let script = probe_script(dir.path(), "");
+    let f = start_probes(&script);
+    let sock = dir.path().join("ctl.sock");
+    let srv = pid_of(&sock, "srv").unwrap();
+    let cli = pid_of(&sock, "cli").unwrap();
+    let lone = pid_of(&sock, "lone").unwrap();
+    let text = std::fs::read_to_string(&script).unwrap().replace(
+        "<binary name=\"probe\"/>\n    <affinity cpu=\"0\"/>",
+        "<binary name=\"probe\"/>\n    <affinity cpu=\"0\"/>\n    <config mark=\"2\"/>",
+    );
+    std::fs::write(&script, &text).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || ps(&sock)
+            .iter()
+            .any(|l| l.name == "srv"
+                && l.restarts == 1
+                && l.state == "running")),
+        "{}",
+        f.log()
+    );
+    let new_srv = pid_of(&sock, "srv").unwrap();
+    assert_ne!(new_srv, srv);
+    let environ = std::fs::read(format!("/proc/{new_srv}/environ")).unwrap();
+    let needle = b"FRAGNET_CONFIG=<config mark=\"2\"/>\0";
+    assert!(environ.windows(needle.len()).any(|w| w == needle));
+    // The peer got the fresh channel; the others were left alone.
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock, "cli", "replaced"
+    ) == Some(1)));
+    assert_eq!(pid_of(&sock, "cli"), Some(cli));
+    assert_eq!(pid_of(&sock, "lone"), Some(lone));
+    assert!(
+        f.log().contains("srv: <config> changed; restarting it"),
+        "{}",
+        f.log()
+    );
+    assert!(
+        !f.log().contains("exited"),
+        "a requested stop counted as a crash:\n{}",
+        f.log()
+    );
+    // Topology changes are reported, not applied.
+    let end = text.rfind("</config>").unwrap();
+    let with_extra = format!(
+        "{}<start name=\"extra\"><binary name=\"probe\"/></start>\n{}",
+        &text[..end],
+        &text[end..]
+    );
+    std::fs::write(&script, with_extra).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || f
+            .log()
+            .contains("to: extra (added)")),
+        "{}",
+        f.log()
+    );
+    assert!(ps(&sock).iter().all(|l| l.name != "extra"));
+    assert!(!f.log().contains("invalid"), "{}", f.log());
+}
