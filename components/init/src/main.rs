@@ -45,7 +45,12 @@ enum Cmd {
     /// Start the components of a run script and supervise them.
     Run { script: PathBuf },
     /// Validate a run script without starting anything.
-    Check { script: PathBuf },
+    Check {
+        script: PathBuf,
+        /// Also print the processes and channels it would create.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Manage the nft ruleset of a component (stack or switch).
     Nft {
         #[command(flatten)]
@@ -78,11 +83,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     fragnet_host::log::init("fragnet");
     match cli.cmd {
-        Cmd::Check { script } => {
+        Cmd::Check { script, verbose } => {
             let checks = script::Checks::for_this_process();
             match script::Script::load(&script, &checks) {
                 Ok(s) => {
                     let plan = script::Plan::new(&s);
+                    if verbose {
+                        print!("{}", plan.describe(&s));
+                    }
                     println!(
                         "{}: ok ({} processes, {} channels)",
                         script.display(),

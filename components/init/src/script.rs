@@ -832,6 +832,39 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// One line per process: name, binary, CPU, queue, channels
+    /// (`label=side` as in `FRAGNET_CHANNELS`).
+    pub fn describe(&self, script: &Script) -> String {
+        let mut out = String::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            let s = &script.starts[inst.start];
+            let mut chans = Vec::new();
+            for l in &self.links {
+                if l.provider == i {
+                    chans.push(format!("{}=A", l.provider_label));
+                }
+                if l.client == i {
+                    chans.push(format!("{}=B", l.client_label));
+                }
+            }
+            out.push_str(&format!(
+                "{:<20} {:<16} cpu {:<3} {}channels: {}\n",
+                inst.name,
+                s.binary,
+                s.cpu.map_or("-".into(), |c| c.to_string()),
+                inst.queue.map_or(String::new(), |q| format!("queue {q} ")),
+                if chans.is_empty() {
+                    "-".into()
+                } else {
+                    chans.join(", ")
+                }
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -918,6 +951,14 @@ mod tests {
         );
         assert_eq!((plan.links[1].provider, plan.links[1].client), (0, 3));
         assert_eq!(plan.links[2].provider_label, "socket:kv0");
+        let text = plan.describe(&s);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("nic_drv#1")
+                    && l.ends_with("queue 1 channels: nic:kv0_stack=A")),
+            "{text}"
+        );
+        assert!(text.contains("channels: nic=B, socket:kv0=A"), "{text}");
         std::fs::remove_dir_all(d).unwrap();
     }
 
