@@ -9,6 +9,9 @@
 #   cargo build --release -p fragnet_init -p nic_switch -p ip_stack -p fragnet_apps)
 set -eu
 SECS=${1:-5}
+# Idle policy of stacks and apps: yield this long before sleeping.
+YIELD_US=${YIELD_US:-200}
+export FRAGNET_YIELD_US=$YIELD_US
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 TMP=$(mktemp -d /tmp/fnstk_bench.XXXXXX)
 NS=fnstkb$$
@@ -20,10 +23,10 @@ pair() { # $1 name, $2 server binary+config, $3 client binary+config
 cat > "$TMP/$1.xml" <<X
 <config control="$TMP/$1.sock">
   <start name="switch"><binary name="nic_switch"/><affinity cpu="1"/><provides><service name="Nic"/></provides></start>
-  <start name="a_stack"><binary name="ip_stack"/><affinity cpu="1"/><config ip="10.90.0.10/24"/>
+  <start name="a_stack"><binary name="ip_stack"/><affinity cpu="1"/><config ip="10.90.0.10/24" yield_us="$YIELD_US"/>
     <route><service name="Nic"><child name="switch"/></service></route><provides><service name="Socket"/></provides></start>
   <start name="a_app">$2<affinity cpu="1"/><route><service name="Socket"><child name="a_stack"/></service></route></start>
-  <start name="b_stack"><binary name="ip_stack"/><affinity cpu="0"/><config ip="10.90.0.20/24"/>
+  <start name="b_stack"><binary name="ip_stack"/><affinity cpu="0"/><config ip="10.90.0.20/24" yield_us="$YIELD_US"/>
     <route><service name="Nic"><child name="switch"/></service></route><provides><service name="Socket"/></provides></start>
   <start name="b_app">$3<affinity cpu="0"/><route><service name="Socket"><child name="b_stack"/></service></route></start>
 </config>
@@ -44,7 +47,7 @@ ip netns exec $NS taskset -c 0 $2
 kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true
 }
 
-for inflight in 1 32; do
+for inflight in ${INFLIGHT:-1 32}; do
   pair udp$inflight '<binary name="udp_echo"/><config port="7"/>' \
     "<binary name=\"udp_rr\"/><config server=\"10.90.0.10:7\" inflight=\"$inflight\" duration=\"$SECS\" delay=\"0.5\" out=\"$TMP/udp$inflight.out\"/>"
   kernel "$BIN/udp_echo --net kernel --port 7" \

@@ -3,7 +3,7 @@
 //! `<config ip="10.77.0.10/24" gateway="10.77.0.1" mac="02:66:6e:00:00:0a"
 //! max_sockets="1024" tcp_rx_buf="262144" tcp_tx_buf="262144"
 //! udp_rx_buf="524288" udp_tx_buf="524288" udp_packets="512"
-//! max_backlog="128"/>`. Only `ip` is required; the MAC defaults to a
+//! max_backlog="128" spin="64" yield_us="200"/>`. Only `ip` is required; the MAC defaults to a
 //! locally administered address made from the IP (`02:66:6e` + its last
 //! three bytes).
 
@@ -15,6 +15,9 @@ use crate::service::Limits;
 /// Parsed configuration.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// Idle policy: rounds to spin, then µs to yield before sleeping.
+    pub spin: u32,
+    pub yield_us: u64,
     pub cidr: Ipv4Cidr,
     pub gateway: Option<Ipv4Address>,
     pub mac: EthernetAddress,
@@ -80,6 +83,8 @@ impl StackConfig {
             );
         }
         Ok(StackConfig {
+            spin: node.attr_or("spin", 64)?,
+            yield_us: node.attr_or("yield_us", 200)?,
             cidr: Ipv4Cidr::new(addr, len),
             gateway,
             mac,

@@ -35,7 +35,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use fragnet_host::{error, info, warn, Control, ControlMsg, Env};
-use packet_ring::linux::{Channel, ChannelFds, Waiter};
+use packet_ring::linux::{Channel, ChannelFds, Policy, Waiter, Wake};
 use packet_ring::{Endpoint, Side, State};
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
@@ -96,6 +96,7 @@ struct Stack {
     control: Option<Control>,
     start: std::time::Instant,
     rounds: u64,
+    policy: Policy,
 }
 
 fn run() -> Result<(), String> {
@@ -172,6 +173,10 @@ fn run() -> Result<(), String> {
         control: env.control.take(),
         start,
         rounds: 0,
+        policy: Policy {
+            spin: cfg.spin,
+            yield_for: std::time::Duration::from_micros(cfg.yield_us),
+        },
     };
     stack.run()
 }
@@ -182,11 +187,15 @@ impl Stack {
     }
 
     fn run(&mut self) -> Result<(), String> {
-        let mut waiter = Waiter::new();
+        let mut waiter = Waiter::with_policy(self.policy);
+        let mut check_control = true;
         loop {
             let work = self.round();
             self.rounds += 1;
-            if self.rounds.is_multiple_of(512) || !work {
+            // The control socket is looked at when the waiter saw it
+            // readable, and now and then under load (one recvmsg per 4096
+            // rounds), not on every idle spin.
+            if check_control || self.rounds.is_multiple_of(4096) {
                 if let Some(exit) = self.control()? {
                     return Ok(exit);
                 }
@@ -199,9 +208,22 @@ impl Stack {
             let Stack {
                 dev, app, control, ..
             } = self;
-            let extra: Vec<_> = control.iter().map(|c| c.fd()).collect();
+            let one;
+            let extra: &[std::os::fd::BorrowedFd<'_>] = match control {
+                Some(c) => {
+                    one = [c.fd()];
+                    &one
+                }
+                None => &[],
+            };
             let channels = std::iter::once(&mut dev.queue).chain(app.as_mut());
-            let _ = waiter.wait(work, channels, &extra, delay);
+            let wake = waiter.wait(work, channels, extra, delay);
+            check_control = match wake {
+                Ok(Wake::Woken) => waiter.extra_ready(0),
+                Ok(Wake::TimedOut) => true,
+                Ok(_) => false,
+                Err(_) => true,
+            };
         }
     }
 

@@ -125,6 +125,23 @@ impl St {
     }
 }
 
+fn env_policy() -> packet_ring::linux::Policy {
+    let mut p = packet_ring::linux::Policy::default();
+    if let Some(s) = std::env::var("FRAGNET_SPIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        p.spin = s;
+    }
+    if let Some(us) = std::env::var("FRAGNET_YIELD_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        p.yield_for = Duration::from_micros(us);
+    }
+    p
+}
+
 /// The application's stack: a handle shared by all its sockets
 /// (single-threaded; clone it freely).
 #[derive(Clone)]
@@ -174,7 +191,7 @@ impl Stack {
                     next_tag: 1,
                     bad: 0,
                 },
-                waiter: Waiter::new(),
+                waiter: Waiter::with_policy(env_policy()),
             })),
             _control: Rc::new(None),
         })
@@ -237,6 +254,14 @@ impl Stack {
     pub fn stray_errors(&self) -> usize {
         let i = self.inner.borrow();
         i.st.done.values().filter(|m| m.val < 0).count() + i.st.bad as usize
+    }
+
+    /// How the blocking calls wait when nothing arrived: spin `spin`
+    /// rounds, yield the CPU for `yield_for`, then sleep on the doorbell.
+    /// Defaults: `FRAGNET_SPIN` / `FRAGNET_YIELD_US` from the environment,
+    /// else 64 and 200 µs.
+    pub fn set_wait_policy(&self, policy: packet_ring::linux::Policy) {
+        self.inner.borrow_mut().waiter = Waiter::with_policy(policy);
     }
 
     /// Messages from the stack that were skipped as malformed.
