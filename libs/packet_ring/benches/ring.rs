@@ -100,12 +100,20 @@ fn fork_pair<T>(
 
 // ---- packet_ring --------------------------------------------------------------
 
-/// Frames per second through a channel at `batch` frames per flush.
-fn ring(place: Placement, batch: usize, n: u64) -> f64 {
+/// One run through a channel: frames per second, and how often each side
+/// went to sleep and rang the other.
+struct RingRun {
+    fps: f64,
+    producer: (u64, u64),
+    consumer: (u64, u64),
+}
+
+/// Sends `n` frames at `batch` frames per flush.
+fn ring(place: Placement, batch: usize, n: u64) -> RingRun {
     let fds = create(&Config::default(), "bench").unwrap();
     let child_fds = fds.try_clone().unwrap();
     let (cp, cc) = place.cpus();
-    let secs = fork_pair(
+    let (secs, producer, consumer) = fork_pair(
         cp,
         cc,
         || {
@@ -126,7 +134,10 @@ fn ring(place: Placement, batch: usize, n: u64) -> f64 {
                 ch.flush();
                 w.wait(got > 0, [&mut ch], &[], None).unwrap();
             }
-            while ch.send(b"done").is_err() {
+            let mut done = [0u8; 16];
+            done[..8].copy_from_slice(&w.stats().sleeps.to_le_bytes());
+            done[8..].copy_from_slice(&(ch.signals_sent() + 1).to_le_bytes());
+            while ch.send(&done).is_err() {
                 std::thread::yield_now();
             }
             ch.flush();
@@ -156,16 +167,28 @@ fn ring(place: Placement, batch: usize, n: u64) -> f64 {
                 }
                 w.wait(k > 0, [&mut ch], &[], None).unwrap();
             }
+            let mut consumer = (0, 0);
             loop {
-                if ch.recv(1, |_| {}).unwrap() == 1 {
+                let got = ch
+                    .recv(1, |f| {
+                        let word = |i: usize| u64::from_le_bytes(f[i..i + 8].try_into().unwrap());
+                        consumer = (word(0), word(8));
+                    })
+                    .unwrap();
+                if got == 1 {
                     break;
                 }
                 w.wait(false, [&mut ch], &[], None).unwrap();
             }
-            start.elapsed().as_secs_f64()
+            let secs = start.elapsed().as_secs_f64();
+            (secs, (w.stats().sleeps, ch.signals_sent()), consumer)
         },
     );
-    n as f64 / secs
+    RingRun {
+        fps: n as f64 / secs,
+        producer,
+        consumer,
+    }
 }
 
 // ---- the kernel ---------------------------------------------------------------
@@ -337,14 +360,26 @@ fn mfps(x: f64) -> String {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let verbose = args.iter().any(|a| a == "-v");
+    // Any other argument (not a cargo-bench flag) selects rows by substring.
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let wanted = |row: &str| filters.is_empty() || filters.iter().any(|f| row.contains(f.as_str()));
     let (reps, scale) = if quick { (3, 0.1) } else { (5, 1.0) };
+    // The machine is shared (builds, other benches): run at nice -10 so that
+    // the figures measure the transport rather than the scheduler's sharing.
+    // SAFETY: plain syscall; failure (not root) just leaves the priority.
+    let reniced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) } == 0;
     let frames = |base: f64| (base * scale) as u64;
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let out = std::io::stdout();
     let mut out = out.lock();
     writeln!(
         out,
-        "packet_ring bench: {FRAME}-byte frames, 2 processes, {reps} repetitions, median (min–max), M frames/s\n"
+        "packet_ring bench: {FRAME}-byte frames, 2 processes, {reps} repetitions, \
+         median (min–max), M frames/s, nice -10: {reniced}\nload average at start: {}\n",
+        load().trim()
     )
     .unwrap();
     writeln!(
@@ -353,55 +388,64 @@ fn main() {
     )
     .unwrap();
     writeln!(out, "|---|---|---|---|---|").unwrap();
-    let mut ring32 = [0.0; 3];
+    let mut ring32 = [f64::NAN; 3];
     for (p, place) in PLACEMENTS.into_iter().enumerate() {
         for batch in [1usize, 8, 32, 128] {
+            let row = format!("packet_ring | {} | {batch} |", place.name());
+            if !wanted(&row) {
+                continue;
+            }
             let n = frames(if batch == 1 { 4e6 } else { 20e6 });
-            let (m, lo, hi) = measure(reps, || ring(place, batch, n));
+            let (m, lo, hi) = measure(reps, || {
+                let r = ring(place, batch, n);
+                if verbose {
+                    eprintln!(
+                        "  {row} {:.2} M/s; producer slept {}x rang {}x; consumer slept {}x rang {}x",
+                        r.fps / 1e6,
+                        r.producer.0,
+                        r.producer.1,
+                        r.consumer.0,
+                        r.consumer.1
+                    );
+                }
+                r.fps
+            });
             if batch == 32 {
                 ring32[p] = m;
             }
-            writeln!(
-                out,
-                "| packet_ring | {} | {batch} | {} | {}–{} |",
-                place.name(),
-                mfps(m),
-                mfps(lo),
-                mfps(hi)
-            )
-            .unwrap();
+            writeln!(out, "| {row} {} | {}–{} |", mfps(m), mfps(lo), mfps(hi)).unwrap();
         }
     }
-    let mut kern = [[0.0; 3]; 2];
-    for place in [Placement::TwoCores, Placement::OneCore] {
+    let mut kern = [[f64::NAN; 3]; 2];
+    for (k, place) in [Placement::TwoCores, Placement::OneCore]
+        .into_iter()
+        .enumerate()
+    {
         for (i, kind) in [Kernel::Dgram, Kernel::Seqpacket, Kernel::DgramMmsg]
             .into_iter()
             .enumerate()
         {
-            let (m, lo, hi) = measure(reps, || kernel(kind, place, frames(2e6)));
-            kern[(place == Placement::OneCore) as usize][i] = m;
             let batch = if matches!(kind, Kernel::DgramMmsg) {
-                "32"
+                32
             } else {
-                "1"
+                1
             };
-            writeln!(
-                out,
-                "| {} | {} | {batch} | {} | {}–{} |",
-                kind.name(),
-                if place == Placement::TwoCores {
-                    "2 cores"
-                } else {
-                    "1 core"
-                },
-                mfps(m),
-                mfps(lo),
-                mfps(hi)
-            )
-            .unwrap();
+            let cores = if k == 0 { "2 cores" } else { "1 core" };
+            let row = format!("{} | {cores} | {batch} |", kind.name());
+            if !wanted(&row) {
+                continue;
+            }
+            let (m, lo, hi) = measure(reps, || kernel(kind, place, frames(2e6)));
+            kern[k][i] = m;
+            writeln!(out, "| {row} {} | {}–{} |", mfps(m), mfps(lo), mfps(hi)).unwrap();
         }
     }
-    writeln!(out, "\nRatio packet_ring (batch 32) / kernel:\n").unwrap();
+    writeln!(out, "\nload average at end: {}", load().trim()).unwrap();
+    writeln!(
+        out,
+        "\nRatio packet_ring (batch 32) / kernel (same core count):\n"
+    )
+    .unwrap();
     writeln!(
         out,
         "| placement | vs DGRAM | vs SEQPACKET | vs DGRAM mmsg ×32 |"
@@ -409,7 +453,6 @@ fn main() {
     .unwrap();
     writeln!(out, "|---|---|---|---|").unwrap();
     for (p, place) in PLACEMENTS.into_iter().enumerate() {
-        // The kernel row of the same core count.
         let k = p.min(1);
         let r = |i: usize| format!("{:.1}×", ring32[p] / kern[k][i]);
         writeln!(out, "| {} | {} | {} | {} |", place.name(), r(0), r(1), r(2)).unwrap();
