@@ -29,7 +29,20 @@ fn csum(d: &[u8]) -> u16 {
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     let total = 20 + l4.len();
-    let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    let mut p = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        proto,
+        0,
+        0,
+    ];
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
     let c = csum(&p);
@@ -77,9 +90,22 @@ fn realistic(n: usize) -> String {
     for i in 0..n {
         match i % 4 {
             0 => writeln!(s, "\t\ttcp dport {} counter accept", 10000 + i).unwrap(),
-            1 => writeln!(s, "\t\tip saddr 10.{}.{}.0/24 udp dport {} accept", (i / 256) % 256, i % 256, 20000 + i).unwrap(),
+            1 => writeln!(
+                s,
+                "\t\tip saddr 10.{}.{}.0/24 udp dport {} accept",
+                (i / 256) % 256,
+                i % 256,
+                20000 + i
+            )
+            .unwrap(),
             2 => writeln!(s, "\t\tip saddr @blocked drop").unwrap(),
-            _ => writeln!(s, "\t\tudp dport {{ {}, {} }} ip saddr != 10.0.0.0/8 drop", 30000 + i, 40000 + i).unwrap(),
+            _ => writeln!(
+                s,
+                "\t\tudp dport {{ {}, {} }} ip saddr != 10.0.0.0/8 drop",
+                30000 + i,
+                40000 + i
+            )
+            .unwrap(),
         }
     }
     s.push_str("\t}\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t}\n}\n");
@@ -91,7 +117,9 @@ fn main() {
     println!("nft_filter eval bench (ns per packet, median of 5 runs)");
 
     // 1,000 rules vs one set.
-    let mut linear = String::from("table inet t {\n\tchain c {\n\t\ttype filter hook input priority 0; policy accept;\n");
+    let mut linear = String::from(
+        "table inet t {\n\tchain c {\n\t\ttype filter hook input priority 0; policy accept;\n",
+    );
     let mut set = String::from("table inet t {\n\tchain c {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport { ");
     for i in 0..1000 {
         writeln!(linear, "\t\ttcp dport {} drop", 1000 + i).unwrap();
@@ -100,10 +128,16 @@ fn main() {
     linear.push_str("\t}\n}\n");
     set.push_str(" } drop\n\t}\n}\n");
     let miss = ipv4([10, 0, 0, 1], [10, 0, 0, 2], 6, &tcp(40000, 80));
-    for (name, text) in [("1000 rules, linear", &linear), ("1000 ports, one set", &set)] {
+    for (name, text) in [
+        ("1000 rules, linear", &linear),
+        ("1000 ports, one set", &set),
+    ] {
         let mut f = Filter::new(1024);
         f.replace(text).unwrap();
-        assert_eq!(f.evaluate(Hook::Input, LinkType::Ip, &miss, &meta, 0), Verdict::Accept);
+        assert_eq!(
+            f.evaluate(Hook::Input, LinkType::Ip, &miss, &meta, 0),
+            Verdict::Accept
+        );
         let ns = time(200_000, |i| {
             black_box(f.evaluate(Hook::Input, LinkType::Ip, black_box(&miss), &meta, i));
         });
@@ -114,8 +148,18 @@ fn main() {
     for n in [0usize, 10, 100, 1000] {
         let mut f = Filter::new(4096);
         f.replace(&realistic(n)).unwrap();
-        let req = ipv4([10, 0, 0, 1], [10, 0, 0, 2], 17, &udp(40000, 6379, b"*1\r\n$4\r\nPING\r\n"));
-        let resp = ipv4([10, 0, 0, 2], [10, 0, 0, 1], 17, &udp(6379, 40000, b"+PONG\r\n"));
+        let req = ipv4(
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            17,
+            &udp(40000, 6379, b"*1\r\n$4\r\nPING\r\n"),
+        );
+        let resp = ipv4(
+            [10, 0, 0, 2],
+            [10, 0, 0, 1],
+            17,
+            &udp(6379, 40000, b"+PONG\r\n"),
+        );
         // Establish: the stack answers, so the output hook sees the first packet.
         f.evaluate(Hook::Output, LinkType::Ip, &resp, &meta, 0);
         f.evaluate(Hook::Input, LinkType::Ip, &req, &meta, 1);
@@ -146,6 +190,9 @@ fn main() {
     let mut f = Filter::new(64);
     f.replace(&text).unwrap();
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    println!("parse + compile 10,000-rule ruleset ({} KiB): {ms:.1} ms", text.len() / 1024);
+    println!(
+        "parse + compile 10,000-rule ruleset ({} KiB): {ms:.1} ms",
+        text.len() / 1024
+    );
     assert_eq!(f.ruleset().rule_count(), 10_001);
 }

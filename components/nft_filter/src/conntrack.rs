@@ -234,7 +234,11 @@ pub struct CtStats {
     pub inserted: u64,
     /// New flows refused because the table was full around their slot.
     pub full: u64,
+    /// Packets classified invalid / new / established / related.
     pub invalid: u64,
+    pub new: u64,
+    pub established: u64,
+    pub related: u64,
 }
 
 /// A connection tracker of fixed capacity.
@@ -348,6 +352,17 @@ impl Conntrack {
     /// Classifies a packet and updates its entry (as `nf_conntrack_in`
     /// does before the filter runs).
     pub(crate) fn track(&mut self, v: &View<'_>, now: u64) -> CtInfo {
+        let info = self.classify(v, now);
+        match info.state {
+            state::NEW => self.stats.new += 1,
+            state::ESTABLISHED => self.stats.established += 1,
+            state::RELATED => self.stats.related += 1,
+            _ => {}
+        }
+        info
+    }
+
+    fn classify(&mut self, v: &View<'_>, now: u64) -> CtInfo {
         let d = v.data;
         let (src, dst) = match v.ipver {
             4 => (

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nft_filter::reject::{build_reply, MAX_REPLY};
 use nft_filter::{Filter, Hook, IfName, LinkType, PacketMeta, Verdict};
 use testutil::*;
 
@@ -842,6 +843,8 @@ struct Tally {
     rejected: usize,
     counters_compared: usize,
     replies: usize,
+    replies_compared: usize,
+    ct: [u64; 4],
     mismatches: Vec<String>,
 }
 
@@ -1002,6 +1005,14 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
         } else {
             Duration::ZERO
         };
+        let our_reply = match ours {
+            Verdict::Reject(w) => {
+                let mut b = [0u8; MAX_REPLY];
+                build_reply(&pkt, LinkType::Ip, w, &mut b).map(|n| b[..n].to_vec())
+            }
+            _ => None,
+        };
+        let mut kernel_reply: Option<Vec<u8>> = None;
         for fr in drain(&mut tap, wait) {
             if fr.len() < 34 || fr[12..14] != [0x08, 0x00] {
                 continue;
@@ -1012,15 +1023,50 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
                 let kseq = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
                 last_synack.insert(dport, (kseq, 0));
             }
+            let answers_pkt = ip[12..16] == pkt[16..20] && ip[16..20] == pkt[12..16];
+            let is_reject_reply = (ip[9] == 1 && ip.get(20) == Some(&3))
+                || (ip[9] == 6 && ip.get(33).is_some_and(|f| f & 0x04 != 0));
+            if matches!(ours, Verdict::Reject(_))
+                && kernel_reply.is_none()
+                && answers_pkt
+                && is_reject_reply
+            {
+                kernel_reply = Some(ip.to_vec());
+            }
             if ip[9] == 17 {
                 last_udp_out.insert(u16::from_be_bytes([ip[22], ip[23]]), ip.to_vec());
             }
             feed_output(&mut f, &fr, now());
             t.replies += 1;
         }
-        if t.mismatches.len() > 20 {
-            return;
+        if let Verdict::Reject(w) = ours {
+            // The reply we would send must be the one the kernel sent:
+            // same ICMP type, code and quote, or same RST ports, seq, ack, flags.
+            let same = match (&our_reply, &kernel_reply) {
+                (Some(o), Some(k)) if o[9] == 1 => {
+                    o.len() == k.len() && o[20..22] == k[20..22] && o[28..] == k[28..]
+                }
+                (Some(o), Some(k)) => o.len() == k.len() && o[20..34] == k[20..34],
+                (None, None) => true,
+                _ => false,
+            };
+            t.replies_compared += (our_reply.is_some() && kernel_reply.is_some()) as usize;
+            if !same {
+                t.mismatches.push(format!(
+                    "ruleset {k} (seed {seed:#x}) packet {i}: reject reply ({w:?}) differs\nours   {our_reply:02x?}\nkernel {kernel_reply:02x?}\npacket {pkt:02x?}"
+                ));
+            }
         }
+        if t.mismatches.len() > 20 {
+            break;
+        }
+    }
+    let st = f.conntrack_stats();
+    for (a, b) in
+        t.ct.iter_mut()
+            .zip([st.new, st.established, st.related, st.invalid])
+    {
+        *a += b;
     }
 }
 
@@ -1062,7 +1108,7 @@ fn kernel_differential() {
         }
     }
     println!(
-        "differential: {} rulesets, {} packets compared ({} accepted, {} dropped, {} rejected), {} counter values compared, {} kernel replies fed to our output hook, {} packets not reaching the hook, {} mismatches, {:.1}s",
+        "differential: {} rulesets, {} packets compared ({} accepted, {} dropped, {} rejected), {} counter values compared, {} kernel replies fed to our output hook, {} reject replies compared byte-wise, ct states seen by our tracker (both hooks) new/established/related/invalid {:?}, {} packets not reaching the hook, {} mismatches, {:.1}s",
         t.rulesets,
         t.packets,
         t.accepted,
@@ -1070,6 +1116,8 @@ fn kernel_differential() {
         t.rejected,
         t.counters_compared,
         t.replies,
+        t.replies_compared,
+        t.ct,
         t.not_reached,
         t.mismatches.len(),
         start.elapsed().as_secs_f64()
