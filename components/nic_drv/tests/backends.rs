@@ -11,28 +11,36 @@
 //! `cargo build --bins -p fragnet_init -p nic_drv -p nic_switch -p frame_endpoint`.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use fragnet_testkit::{
     bin_path, is_root, unique_name, wait_for, write_script, Fragnet, NetNs, TempDir,
 };
 
-/// One counter of a component, from `fragnet stats`.
+/// One counter of a component, from `fragnet stats` (retried while the
+/// request fails, e.g. under heavy load; panics with the error otherwise).
 fn stat(ns: &NetNs, ctl: &Path, name: &str, key: &str) -> u64 {
-    let out = ns
-        .exec(bin_path("fragnet"))
-        .arg("stats")
-        .arg("--socket")
-        .arg(ctl)
-        .arg(name)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run fragnet stats");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = ns
+            .exec(bin_path("fragnet"))
+            .arg("stats")
+            .arg("--socket")
+            .arg(ctl)
+            .arg(name)
+            .output()
+            .expect("run fragnet stats");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} has no counter {key}:\n{text}"));
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("fragnet stats {name} failed: {last}");
 }
 
 fn tap_start(ifname: &str) -> String {

@@ -17,36 +17,34 @@ use fragnet_testkit::{
 use packet_ring::linux::{create, Channel, ChannelFds};
 use packet_ring::{Config, Endpoint, Side};
 
-/// `fragnet stats --socket <ctl> <name>` as `key value` pairs.
-fn stats(ns: Option<&NetNs>, ctl: &Path, name: &str) -> Vec<(String, u64)> {
-    let fragnet = bin_path("fragnet");
-    let mut cmd = match ns {
-        Some(ns) => ns.exec(&fragnet),
-        None => Command::new(&fragnet),
-    };
-    let out = cmd
-        .arg("stats")
-        .arg("--socket")
-        .arg(ctl)
-        .arg(name)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run fragnet stats");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
+/// One counter of a component, from `fragnet stats` (retried while the
+/// request fails, e.g. under heavy load; panics with the error otherwise).
 fn stat(ns: Option<&NetNs>, ctl: &Path, name: &str, key: &str) -> u64 {
-    stats(ns, ctl, name)
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .unwrap_or(0)
+    let mut last = String::new();
+    for _ in 0..5 {
+        let fragnet = bin_path("fragnet");
+        let mut cmd = match ns {
+            Some(ns) => ns.exec(&fragnet),
+            None => Command::new(&fragnet),
+        };
+        let out = cmd
+            .arg("stats")
+            .arg("--socket")
+            .arg(ctl)
+            .arg(name)
+            .output()
+            .expect("run fragnet stats");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} has no counter {key}:\n{text}"));
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("fragnet stats {name} failed: {last}");
 }
 
 /// tap → switch → endpoint, the host at 10.77.0.1, the endpoint at .10.
