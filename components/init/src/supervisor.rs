@@ -240,6 +240,7 @@ impl Supervisor {
         sup.listener = Some(bind_control(&path).map_err(|e| e.to_string())?);
         sup.socket_path = Some(path);
         sup.create_taps()?;
+        sup.steer_taps()?;
         for i in 0..sup.plan.instances.len() {
             sup.spawn_instance(i)?;
             // The ruleset is the first request a component gets.
@@ -292,6 +293,71 @@ impl Supervisor {
                     .as_deref()
                     .map(|ip| format!(", host side {ip}"))
                     .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// For a multi-queue TAP whose queue clients each have their own
+    /// `ip=`, steer frames by destination address to that client's queue
+    /// (see `fragnet_host::tap::steer_by_ipv4`); otherwise the kernel
+    /// spreads flows over the queues by hash.
+    fn steer_taps(&mut self) -> Result<(), String> {
+        for (si, s) in self.script.starts.iter().enumerate() {
+            let Some(t) = &s.tap else { continue };
+            if t.queues < 2 {
+                continue;
+            }
+            let mut map = Vec::new();
+            for link in &self.plan.links {
+                let inst = &self.plan.instances[link.provider];
+                if inst.start != si {
+                    continue;
+                }
+                let client = &self.script.starts[self.plan.instances[link.client].start];
+                let ip = fragnet_host::ConfigNode::parse(&client.config_xml)
+                    .ok()
+                    .and_then(|c| c.attr("ip").map(str::to_string))
+                    .and_then(|ip| {
+                        ip.split('/')
+                            .next()?
+                            .trim()
+                            .parse::<std::net::Ipv4Addr>()
+                            .ok()
+                    });
+                match ip {
+                    Some(ip) if !map.iter().any(|(a, _)| *a == ip) => {
+                        map.push((ip, inst.queue.unwrap_or(0) as u16))
+                    }
+                    _ => {
+                        map.clear();
+                        break;
+                    }
+                }
+            }
+            if map.len() != t.queues as usize {
+                info!(
+                    "TAP device {}: the kernel spreads flows over its {} queues (queue clients without distinct ip=)",
+                    t.ifname, t.queues
+                );
+                continue;
+            }
+            fragnet_host::tap::steer_by_ipv4(&t.ifname, &map).map_err(|e| {
+                format!(
+                    "{}:{}:{}: start \"{}\": {e}",
+                    self.script.path.display(),
+                    s.line,
+                    s.col,
+                    s.name
+                )
+            })?;
+            info!(
+                "TAP device {}: frames steered by destination: {}",
+                t.ifname,
+                map.iter()
+                    .map(|(ip, q)| format!("{ip} -> queue {q}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         Ok(())

@@ -803,3 +803,66 @@ fn a_changed_config_restarts_that_component_with_it() {
     assert!(ps(&sock).iter().all(|l| l.name != "extra"));
     assert!(!f.log().contains("invalid"), "{}", f.log());
 }
+
+#[test]
+fn multi_queue_tap_runs_a_driver_per_queue_and_steers_by_address() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP)");
+        return;
+    }
+    for b in ["nic_drv", "frame_endpoint"] {
+        if !bin_dir().join(b).is_file() {
+            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
+            return;
+        }
+    }
+    let ns = NetNs::new("fninit");
+    let dir = TempDir::new("fninit-mq");
+    let script = write_script(
+        dir.path(),
+        "mq.xml",
+        r#"<config control="mq.sock">
+  <start name="nic_drv">
+    <config backend="tap" ifname="fnmq0" queues="2" host_ip="10.78.0.1/24"/>
+    <provides><service name="Nic"/></provides>
+  </start>
+  <start name="ep1"><binary name="frame_endpoint"/><config ip="10.78.0.10/24"/>
+    <route><service name="Nic"><child name="nic_drv"/></service></route></start>
+  <start name="ep2"><binary name="frame_endpoint"/><config ip="10.78.0.11/24"/>
+    <route><service name="Nic"><child name="nic_drv"/></service></route></start>
+</config>
+"#,
+    );
+    let mut f = Fragnet::start(Some(&ns), &script);
+    let sock = dir.path().join("mq.sock");
+    assert!(
+        wait_for(Duration::from_secs(10), || ps(&sock).len() == 4
+            && ps(&sock).iter().all(|l| l.state == "running")),
+        "{}",
+        f.log()
+    );
+    // One driver process per queue, each told its queue.
+    for q in 0..2 {
+        let pid = pid_of(&sock, &format!("nic_drv#{q}")).unwrap();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let needle = format!("FRAGNET_QUEUE={q}\0");
+        assert!(env.windows(needle.len()).any(|w| w == needle.as_bytes()));
+    }
+    let out = ns.sh("ip -d link show fnmq0");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("multi_queue numqueues 2"));
+    // Each endpoint sits on its own queue; steering by destination gets
+    // every ping (and ARP) to the right one.
+    for _ in 0..3 {
+        assert!(ns.ping("10.78.0.10", 1), "{}", f.log());
+        assert!(ns.ping("10.78.0.11", 1), "{}", f.log());
+    }
+    assert!(
+        f.log()
+            .contains("10.78.0.10 -> queue 0, 10.78.0.11 -> queue 1"),
+        "{}",
+        f.log()
+    );
+    assert!(f.stop(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let links = ns.sh("ip -o link show");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("fnmq0"));
+}
