@@ -473,8 +473,13 @@ impl Supervisor {
         let Some(ctl) = self.procs[i].control.as_mut() else {
             return Err(format!("{name} is not running"));
         };
-        // Drop replies to earlier requests that timed out.
-        while let Ok(Some(_)) = ctl.recv() {}
+        // Drop replies to earlier requests that timed out (bounded: a
+        // component cannot keep init here by chattering).
+        for _ in 0..64 {
+            if !matches!(ctl.recv(), Ok(Some(_))) {
+                break;
+            }
+        }
         ctl.send_with_fds(text, fds)
             .map_err(|e| format!("sending to {name}: {e}"))?;
         match ctl.recv_timeout(REPLY_TIMEOUT) {
