@@ -35,8 +35,8 @@ rm -f "$TMP/$1.out"
 ip netns exec $NS "$BIN/fragnet" run "$TMP/$1.xml" > "$TMP/$1.log" 2>&1 &
 FPID=$!
 i=0; while [ ! -s "$TMP/$1.out" ] && [ $i -lt $((SECS * 10 + 100)) ]; do sleep 0.1; i=$((i+1)); done
-kill $FPID; wait $FPID 2>/dev/null || true
-cat "$TMP/$1.out" 2>/dev/null || { echo "$1: no result"; tail -5 "$TMP/$1.log"; }
+kill $FPID 2>/dev/null || true; wait $FPID 2>/dev/null || true
+cat "$TMP/$1.out" 2>/dev/null || { echo "$1: no result"; tail -15 "$TMP/$1.log"; }
 }
 
 kernel() { # $1 server cmd, $2 client cmd

@@ -170,6 +170,9 @@ pub struct Service {
     slots: Vec<Option<Sock>>,
     gens: Vec<u16>,
     free: Vec<u16>,
+    /// Indices of the occupied slots, so a poll round touches live sockets
+    /// only (not all `max_sockets` slots).
+    live: Vec<u16>,
     /// Closed TCP sockets finishing their FIN handshake: (handle, port).
     zombies: Vec<(SocketHandle, u16)>,
     /// Completions that found the ring full, sent before anything else.
@@ -202,6 +205,7 @@ impl Service {
             slots: (0..n).map(|_| None).collect(),
             gens: vec![0; n],
             free: (0..n as u16).rev().collect(),
+            live: Vec::with_capacity(n),
             zombies: Vec::new(),
             pending: VecDeque::new(),
             next_port: 49152,
@@ -223,10 +227,8 @@ impl Service {
     /// Forgets every socket of the application (after a disconnect or when
     /// a new channel replaces the old one).
     pub fn reset(&mut self, cx: &mut Cx<'_, '_>) {
-        for idx in 0..self.slots.len() {
-            if self.slots[idx].is_some() {
-                self.close_slot(cx, idx, true);
-            }
+        while let Some(&idx) = self.live.last() {
+            self.close_slot(cx, idx as usize, true);
         }
         for (h, port) in self.zombies.drain(..) {
             cx.sockets.remove(h);
@@ -252,8 +254,18 @@ impl Service {
         self.gens[idx] = self.gens[idx].wrapping_add(1).max(1);
         let id = (self.gens[idx] as u32) << 16 | idx as u32;
         self.slots[idx] = Some(Sock::new(id, kind, handle, credit));
+        self.live.push(idx as u16);
         self.stats.sockets_open += 1;
         Some(idx)
+    }
+
+    /// Returns slot `idx` (already emptied) to the free list.
+    fn release(&mut self, idx: usize) {
+        self.free.push(idx as u16);
+        if let Some(k) = self.live.iter().position(|&i| i as usize == idx) {
+            self.live.swap_remove(k);
+        }
+        self.stats.sockets_open = self.stats.sockets_open.saturating_sub(1);
     }
 
     fn ephemeral(&mut self, ports: &Ports, tcp: bool) -> Option<u16> {
@@ -691,8 +703,7 @@ impl Service {
         let Some(s) = self.slots[idx].take() else {
             return;
         };
-        self.free.push(idx as u16);
-        self.stats.sockets_open = self.stats.sockets_open.saturating_sub(1);
+        self.release(idx);
         match s.kind {
             #[cfg(feature = "udp")]
             Kind::Udp => {
@@ -746,7 +757,8 @@ impl Service {
             self.reap(cx);
         }
         let max = self.max_payload();
-        for idx in 0..self.slots.len() {
+        for k in 0..self.live.len() {
+            let idx = self.live[k] as usize;
             let Some(s) = self.slots[idx].as_mut() else {
                 continue;
             };
@@ -770,11 +782,12 @@ impl Service {
         use smoltcp::socket::tcp::{Socket, State};
         let mut ready = std::mem::take(&mut self.scratch);
         ready.clear();
-        for (idx, s) in self.slots.iter().enumerate() {
+        for &idx in &self.live {
+            let idx = idx as usize;
             if let Some(Sock {
                 kind: Kind::Listener { handles, .. },
                 ..
-            }) = s
+            }) = &self.slots[idx]
             {
                 for (i, &h) in handles.iter().enumerate() {
                     let st = cx.sockets.get::<Socket>(h).state();
@@ -815,8 +828,7 @@ impl Service {
             let msg = Msg::new(Op::Accepted).sock(lid).aux(nid).addr(peer);
             if !emit(app, &msg, &[]) {
                 self.slots[new] = None;
-                self.free.push(new as u16);
-                self.stats.sockets_open -= 1;
+                self.release(new);
                 self.stats.app_ring_full += 1;
                 break;
             }
