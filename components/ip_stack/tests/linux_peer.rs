@@ -590,3 +590,28 @@ fn two_fragnet_apps_on_two_stacks_through_the_switch() {
         "{bulk_line}"
     );
 }
+
+#[test]
+fn linux_http_client_gets_pages_from_fragnet_http_hello() {
+    need_root!();
+    let t = Topo::tap("http", 88, "http_hello", r#"port="80""#);
+    let ip = t.stack_ip();
+    let text = in_ns(&t.ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(10))
+                .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Two pipelined keep-alive requests, the second asking to close.
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\nGET /two HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .expect("read until the server closes");
+        text
+    });
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(
+        text.contains("(Fragnet): /one\n") && text.contains("(Fragnet): /two\n"),
+        "{text}"
+    );
+}
