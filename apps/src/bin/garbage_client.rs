@@ -69,7 +69,7 @@ fn main() -> io::Result<()> {
     let line = format!(
         "garbage sent={} errors={}",
         opt.garbage,
-        stack.stray_errors()
+        stack.errors_received()
     );
     report(opt.out.as_deref(), &line);
     let sock = match fragnet::UdpSocket::bind(&stack, SocketAddr::from(([0, 0, 0, 0], opt.port))) {

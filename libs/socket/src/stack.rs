@@ -69,6 +69,8 @@ pub(crate) struct St {
     pub next_tag: u32,
     /// Messages from the stack that made no sense (counted, skipped).
     pub bad: u64,
+    /// Error completions and error events received.
+    pub errors: u64,
 }
 
 impl St {
@@ -79,6 +81,9 @@ impl St {
         };
         match m.op {
             Op::Done => {
+                if m.val < 0 {
+                    self.errors += 1;
+                }
                 self.done.insert(m.tag, m);
             }
             Op::Data => {
@@ -114,6 +119,7 @@ impl St {
                 }
             }
             Op::Error => {
+                self.errors += 1;
                 if let Some(s) = self.socks.get_mut(&m.sock) {
                     s.error = Some(m.val.saturating_neg());
                 } else {
@@ -190,6 +196,7 @@ impl Stack {
                     done: HashMap::new(),
                     next_tag: 1,
                     bad: 0,
+                    errors: 0,
                 },
                 waiter: Waiter::with_policy(env_policy()),
             })),
@@ -249,11 +256,10 @@ impl Stack {
         Ok(())
     }
 
-    /// Error completions and events received that belong to no request
-    /// or socket (what the stack answers garbage with).
-    pub fn stray_errors(&self) -> usize {
-        let i = self.inner.borrow();
-        i.st.done.values().filter(|m| m.val < 0).count() + i.st.bad as usize
+    /// Error completions and error events received so far (what the
+    /// stack answers garbage with).
+    pub fn errors_received(&self) -> u64 {
+        self.inner.borrow().st.errors
     }
 
     /// How the blocking calls wait when nothing arrived: spin `spin`
