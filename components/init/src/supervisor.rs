@@ -26,12 +26,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A component that ran at least this long had a real run: its crash
-/// counter starts over.
+/// A component that ran at least this long had a real run: it is restarted
+/// at once and its crash counter starts over.
 const FAST_CRASH: Duration = Duration::from_secs(10);
 /// Consecutive fast crashes after which a component is given up.
 const MAX_FAST_CRASHES: u32 = 5;
-/// First restart delay; doubles per consecutive fast crash, up to 5 s.
+/// Restart delay after a fast crash; doubles per consecutive one, up to 5 s.
 const BACKOFF: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long init waits for a component's reply.
@@ -554,23 +554,26 @@ impl Supervisor {
                 continue;
             }
             let ran = p.started.elapsed();
+            // A crash after a real run is restarted at once; crashes soon
+            // after starting back off, and too many in a row are given up.
             p.fast_crashes = if ran < FAST_CRASH {
                 p.fast_crashes + 1
             } else {
-                1
+                0
             };
             if p.fast_crashes > MAX_FAST_CRASHES {
                 p.state = State::Failed;
                 error!(
-                    "{name} (pid {pid}) exited ({status}) — {} crashes within {}s of starting; giving up on it",
-                    p.fast_crashes - 1,
+                    "{name} (pid {pid}) exited ({status}) — {} times in a row within {}s of starting; giving up on it",
+                    p.fast_crashes,
                     FAST_CRASH.as_secs()
                 );
                 continue;
             }
-            let delay = BACKOFF
-                .saturating_mul(1 << (p.fast_crashes - 1).min(10))
-                .min(BACKOFF_MAX);
+            let delay = match p.fast_crashes {
+                0 => Duration::ZERO,
+                n => BACKOFF.saturating_mul(1 << (n - 1).min(10)).min(BACKOFF_MAX),
+            };
             p.state = State::Backoff(Instant::now() + delay);
             warn!(
                 "{name} (pid {pid}) exited ({status}) after {:.1}s; restarting in {} ms",
