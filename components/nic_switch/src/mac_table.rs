@@ -59,7 +59,16 @@ impl Hasher for MacHasher {
     }
 }
 
+/// No key: MAC keys use only the low 48 bits.
+const NO_KEY: Key = u64::MAX;
+
 /// The learning table.
+///
+/// Frames come in bursts of one flow, so the table remembers the last
+/// address it learned and the last lookup: a repeat costs a comparison
+/// instead of a hash probe. The lookup memo is tied to a generation that
+/// every change of an address's port (insert, move, removal) bumps, and to
+/// the tick it was made in (aging works in whole ticks).
 pub struct MacTable {
     entries: HashMap<Key, Entry, BuildHasherDefault<MacHasher>>,
     capacity: usize,
@@ -67,6 +76,11 @@ pub struct MacTable {
     aging: u64,
     /// Addresses not learned because the table was full.
     pub full_misses: u64,
+    generation: u64,
+    /// (source, port, tick) of the last refresh.
+    last_learn: (Key, PortId, u64),
+    /// (destination, tick, generation, answer) of the last lookup.
+    last_lookup: (Key, u64, u64, Lookup),
 }
 
 impl MacTable {
@@ -77,7 +91,17 @@ impl MacTable {
             capacity,
             aging,
             full_misses: 0,
+            generation: 0,
+            last_learn: (NO_KEY, 0, 0),
+            last_lookup: (NO_KEY, 0, 0, Lookup::Flood),
         }
+    }
+
+    /// Forget both memos (entries were removed).
+    fn invalidate(&mut self) {
+        self.generation += 1;
+        self.last_learn.0 = NO_KEY;
+        self.last_lookup.0 = NO_KEY;
     }
 
     /// Record that `src` was seen on `port` at `now`. Group addresses
@@ -88,26 +112,42 @@ impl MacTable {
             return;
         }
         let k = key(src);
+        if self.last_learn == (k, port, now) {
+            return;
+        }
         if let Some(e) = self.entries.get_mut(&k) {
-            e.port = port;
+            if e.port != port {
+                e.port = port;
+                self.generation += 1;
+            }
             e.seen = now;
         } else if self.entries.len() < self.capacity {
             self.entries.insert(k, Entry { port, seen: now });
+            self.generation += 1;
         } else {
             self.full_misses += 1;
+            return;
         }
+        self.last_learn = (k, port, now);
     }
 
     /// Where to send a frame for `dst` at `now`.
     #[inline]
-    pub fn lookup(&self, dst: &[u8; 6], now: u64) -> Lookup {
+    pub fn lookup(&mut self, dst: &[u8; 6], now: u64) -> Lookup {
         if dst[0] & 1 != 0 {
             return Lookup::Flood;
         }
-        match self.entries.get(&key(dst)) {
+        let k = key(dst);
+        let (mk, mnow, mgen, answer) = self.last_lookup;
+        if mk == k && mnow == now && mgen == self.generation {
+            return answer;
+        }
+        let answer = match self.entries.get(&k) {
             Some(e) if now.saturating_sub(e.seen) <= self.aging => Lookup::Port(e.port),
             _ => Lookup::Flood,
-        }
+        };
+        self.last_lookup = (k, now, self.generation, answer);
+        answer
     }
 
     /// Remove entries not refreshed within the aging time.
@@ -115,11 +155,13 @@ impl MacTable {
         let aging = self.aging;
         self.entries
             .retain(|_, e| now.saturating_sub(e.seen) <= aging);
+        self.invalidate();
     }
 
     /// Forget every address learned on `port` (its link went down).
     pub fn forget_port(&mut self, port: PortId) {
         self.entries.retain(|_, e| e.port != port);
+        self.invalidate();
     }
 
     /// Number of (possibly stale) entries.
@@ -180,6 +222,29 @@ mod tests {
         t.learn(&B, 2, 600);
         t.expire(800);
         assert_eq!(t.lookup(&B, 800), Lookup::Port(2));
+    }
+
+    #[test]
+    fn memos_follow_every_change() {
+        let mut t = MacTable::new(16, 300);
+        // A flooded lookup is memoised, then A is learned in the same tick.
+        assert_eq!(t.lookup(&A, 5), Lookup::Flood);
+        t.learn(&A, 1, 5);
+        assert_eq!(t.lookup(&A, 5), Lookup::Port(1));
+        // A moves to port 2 in the same tick.
+        t.learn(&A, 2, 5);
+        assert_eq!(t.lookup(&A, 5), Lookup::Port(2));
+        // Port 2 goes down; A is relearned on port 2 in the same tick (the
+        // learn memo must not skip it).
+        t.forget_port(2);
+        assert_eq!(t.lookup(&A, 5), Lookup::Flood);
+        t.learn(&A, 2, 5);
+        assert_eq!(t.lookup(&A, 5), Lookup::Port(2));
+        // Aging is seen across ticks even with a memo in place.
+        assert_eq!(t.lookup(&A, 306), Lookup::Flood);
+        t.expire(306);
+        t.learn(&A, 3, 306);
+        assert_eq!(t.lookup(&A, 306), Lookup::Port(3));
     }
 
     #[test]
