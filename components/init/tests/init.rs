@@ -369,6 +369,39 @@ fn components_hold_only_their_routed_descriptors() {
     .unwrap_or(0)
         >= 5));
     assert!(stats(&sock, "srv", "echoed:echo:cli").unwrap() >= 5);
+
+    // Both ends die at once: whichever restarts first creates the channel,
+    // its end for the other waits in init until that one starts.
+    unsafe {
+        libc::kill(srv as i32, libc::SIGKILL);
+        libc::kill(cli as i32, libc::SIGKILL);
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let l = ps(&sock);
+            ["srv", "cli"].iter().all(|n| {
+                l.iter()
+                    .any(|p| p.name == *n && p.restarts == 1 && p.state == "running")
+            })
+        }),
+        "{}",
+        f.log()
+    );
+    let (srv2, cli2) = (pid_of(&sock, "srv").unwrap(), pid_of(&sock, "cli").unwrap());
+    assert_eq!(memfds(srv2).len(), 1);
+    assert_eq!(
+        memfds(srv2),
+        memfds(cli2),
+        "the restarted pair shares one channel"
+    );
+    assert_eq!(fds(cli2).len(), 7);
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock,
+        "cli",
+        "echo_rx:echo"
+    )
+    .unwrap_or(0)
+        >= 5));
 }
 
 #[test]
