@@ -225,10 +225,24 @@ fn tap_without_privilege_is_refused_and_leaves_nothing() {
     let dir = TempDir::new("fninit-tap");
     let ifname = format!("fninit{}t", std::process::id() % 100_000);
     let client = unique_name("fninitc");
-    // The driver binary is only looked up, never run: validation fails first.
+    // Everything uid 65534 needs sits in the temp dir with explicit modes
+    // (the build tree may not be readable to it). The component binaries
+    // are only looked up, never run: validation fails first.
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     let bins = dir.path().join("bin");
     std::fs::create_dir_all(&bins).unwrap();
-    std::os::unix::fs::symlink(examples_dir().join("probe"), bins.join("nic_drv")).unwrap();
+    for (from, to) in [
+        (PathBuf::from(env!("CARGO_BIN_EXE_fragnet")), "fragnet"),
+        (examples_dir().join("probe"), "nic_drv"),
+        (examples_dir().join("probe"), "probe"),
+    ] {
+        std::fs::copy(&from, bins.join(to)).unwrap();
+        mode(&bins.join(to), 0o755);
+    }
+    mode(dir.path(), 0o755);
+    mode(&bins, 0o755);
     let script = write_script(
         dir.path(),
         "tap.xml",
@@ -236,14 +250,13 @@ fn tap_without_privilege_is_refused_and_leaves_nothing() {
             "<config control=\"tap.sock\">\n  <start name=\"nic_drv\">\n    <config backend=\"tap\" ifname=\"{ifname}\"/>\n    <provides><service name=\"Nic\"/></provides>\n  </start>\n  <start name=\"{client}\"><binary name=\"probe\"/>\n    <route><service name=\"Nic\"><child name=\"nic_drv\"/></service></route>\n  </start>\n</config>\n"
         ),
     );
-    let bin_path = format!("{}:{}", bins.display(), examples_dir().display());
+    mode(&script, 0o644);
     for verb in ["check", "run"] {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_fragnet"))
+            .arg(bins.join("fragnet"))
             .arg(verb)
             .arg(&script)
-            .env("FRAGNET_BIN_DIR", &bin_path)
             .output()
             .expect("setpriv");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -261,6 +274,12 @@ fn tap_without_privilege_is_refused_and_leaves_nothing() {
             "a component was started"
         );
         assert!(!dir.path().join("tap.sock").exists());
+        // That was the only problem (the binaries were found).
+        assert_eq!(
+            err.lines().filter(|l| l.contains("tap.xml:")).count(),
+            1,
+            "{err}"
+        );
     }
 }
 
@@ -605,9 +624,15 @@ fn control_socket_refuses_uids_not_allowed() {
     let script = probe_script(dir.path(), "");
     let _f = start_probes(&script);
     let sock = dir.path().join("ctl.sock");
+    // uid 65534 runs a copy of the client from the (world-readable) temp dir.
+    use std::os::unix::fs::PermissionsExt;
+    let client_bin = dir.path().join("fragnet-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_fragnet"), &client_bin).unwrap();
+    std::fs::set_permissions(&client_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_fragnet"))
+        .arg(&client_bin)
         .args(["nft", "--socket"])
         .arg(&sock)
         .args(["--target", "cli", "flush", "ruleset"])
