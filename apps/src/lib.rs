@@ -94,35 +94,14 @@ impl Udp {
     ) -> io::Result<usize> {
         match self {
             Udp::Fragnet(s) => s.recv_batch(bufs, meta),
-            Udp::Kernel(s) => {
-                let (n, from) = s.recv_from(bufs[0])?;
-                meta[0] = fragnet::RecvMeta { len: n, addr: from };
-                s.set_nonblocking(true)?;
-                let mut k = 1;
-                while k < bufs.len().min(meta.len()) {
-                    match s.recv_from(bufs[k]) {
-                        Ok((n, from)) => {
-                            meta[k] = fragnet::RecvMeta { len: n, addr: from };
-                            k += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                s.set_nonblocking(false)?;
-                Ok(k)
-            }
+            Udp::Kernel(s) => kernel::recv_batch(s, bufs, meta),
         }
     }
 
     pub fn send_batch(&self, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
         match self {
             Udp::Fragnet(s) => s.send_batch(msgs),
-            Udp::Kernel(s) => {
-                for (b, to) in msgs {
-                    s.send_to(b, *to)?;
-                }
-                Ok(msgs.len())
-            }
+            Udp::Kernel(s) => kernel::send_batch(s, msgs),
         }
     }
 }
@@ -134,7 +113,24 @@ pub enum Tcp {
 }
 
 impl Tcp {
+    /// Connects, retrying for up to 5 s while the server is not listening
+    /// yet (connection refused): components start in parallel.
     pub fn connect(stack: Option<&fragnet::Stack>, addr: SocketAddr) -> io::Result<Tcp> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match Tcp::connect_once(stack, addr) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn connect_once(stack: Option<&fragnet::Stack>, addr: SocketAddr) -> io::Result<Tcp> {
         Ok(match stack {
             None => {
                 let s = std::net::TcpStream::connect(addr)?;
@@ -174,5 +170,94 @@ pub fn report(out: Option<&std::path::Path>, line: &str) {
         if let Err(e) = std::fs::write(p, format!("{line}\n")) {
             eprintln!("writing {}: {e}", p.display());
         }
+    }
+}
+
+/// Batched kernel UDP I/O: `recvmmsg` (blocking for the first datagram,
+/// `MSG_WAITFORONE`) and `sendmmsg`, as a best-practice kernel server does.
+mod kernel {
+    use std::io;
+    use std::mem::zeroed;
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::os::fd::AsRawFd;
+
+    const MAX: usize = 64;
+
+    pub fn recv_batch(
+        s: &std::net::UdpSocket,
+        bufs: &mut [&mut [u8]],
+        meta: &mut [fragnet::RecvMeta],
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(meta.len()).min(MAX);
+        // SAFETY: zeroed iovec/mmsghdr/sockaddr_in are valid "empty" values;
+        // every pointer set below points into `bufs`/`addrs`, which outlive
+        // the call.
+        unsafe {
+            let mut iov: [libc::iovec; MAX] = zeroed();
+            let mut addrs: [libc::sockaddr_in; MAX] = zeroed();
+            let mut hdrs: [libc::mmsghdr; MAX] = zeroed();
+            for k in 0..n {
+                iov[k].iov_base = bufs[k].as_mut_ptr().cast();
+                iov[k].iov_len = bufs[k].len();
+                hdrs[k].msg_hdr.msg_iov = &mut iov[k];
+                hdrs[k].msg_hdr.msg_iovlen = 1;
+                hdrs[k].msg_hdr.msg_name = (&mut addrs[k] as *mut libc::sockaddr_in).cast();
+                hdrs[k].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            }
+            let got = libc::recvmmsg(
+                s.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            );
+            if got < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for k in 0..got as usize {
+                let a = &addrs[k];
+                meta[k] = fragnet::RecvMeta {
+                    len: hdrs[k].msg_len as usize,
+                    addr: SocketAddr::V4(SocketAddrV4::new(
+                        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                        u16::from_be(a.sin_port),
+                    )),
+                };
+            }
+            Ok(got as usize)
+        }
+    }
+
+    pub fn send_batch(s: &std::net::UdpSocket, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < msgs.len() {
+            let chunk = &msgs[done..msgs.len().min(done + MAX)];
+            // SAFETY: as in `recv_batch`; the kernel only reads the buffers.
+            let sent = unsafe {
+                let mut iov: [libc::iovec; MAX] = zeroed();
+                let mut addrs: [libc::sockaddr_in; MAX] = zeroed();
+                let mut hdrs: [libc::mmsghdr; MAX] = zeroed();
+                for (k, (b, to)) in chunk.iter().enumerate() {
+                    let SocketAddr::V4(to) = to else {
+                        return Err(io::ErrorKind::Unsupported.into());
+                    };
+                    iov[k].iov_base = b.as_ptr() as *mut _;
+                    iov[k].iov_len = b.len();
+                    addrs[k].sin_family = libc::AF_INET as u16;
+                    addrs[k].sin_port = to.port().to_be();
+                    addrs[k].sin_addr.s_addr = u32::from(*to.ip()).to_be();
+                    hdrs[k].msg_hdr.msg_iov = &mut iov[k];
+                    hdrs[k].msg_hdr.msg_iovlen = 1;
+                    hdrs[k].msg_hdr.msg_name = (&mut addrs[k] as *mut libc::sockaddr_in).cast();
+                    hdrs[k].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                }
+                libc::sendmmsg(s.as_raw_fd(), hdrs.as_mut_ptr(), chunk.len() as u32, 0)
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            done += sent as usize;
+        }
+        Ok(done)
     }
 }

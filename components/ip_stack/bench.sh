@@ -17,6 +17,7 @@ TMP=$(mktemp -d /tmp/fnstk_bench.XXXXXX)
 NS=fnstkb$$
 cleanup() { ip netns pids $NS 2>/dev/null | xargs -r kill 2>/dev/null || true; ip netns del $NS 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap "ip netns del $NS 2>/dev/null; echo logs in $TMP" EXIT
 ip netns add $NS; ip -n $NS link set lo up
 
 pair() { # $1 name, $2 server binary+config, $3 client binary+config
@@ -47,7 +48,7 @@ ip netns exec $NS taskset -c 0 $2
 kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true
 }
 
-for inflight in ${INFLIGHT:-1 32}; do
+for inflight in ${INFLIGHT-1 32}; do
   pair udp$inflight '<binary name="udp_echo"/><config port="7"/>' \
     "<binary name=\"udp_rr\"/><config server=\"10.90.0.10:7\" inflight=\"$inflight\" duration=\"$SECS\" delay=\"0.5\" out=\"$TMP/udp$inflight.out\"/>"
   kernel "$BIN/udp_echo --net kernel --port 7" \

@@ -14,8 +14,6 @@ struct Opt {
     port: u16,
     #[arg(long, value_enum, default_value_t = Net::Fragnet)]
     net: Net,
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
 }
 
 fn main() -> std::io::Result<()> {
@@ -23,15 +21,24 @@ fn main() -> std::io::Result<()> {
     let stack = stack(opt.net)?;
     let sock = Udp::bind(stack.as_ref(), SocketAddr::from(([0, 0, 0, 0], opt.port)))?;
     eprintln!("udp_echo: listening on port {} ({:?})", opt.port, opt.net);
-    let batch = opt.batch.clamp(1, 256);
-    let mut store = vec![[0u8; 2048]; batch];
-    let mut meta = vec![fragnet::RecvMeta::default(); batch];
+    // No allocation per batch: the slices are rebuilt on the stack.
+    let mut arena = vec![0u8; BATCH * SLOT];
+    let mut meta = [fragnet::RecvMeta::default(); BATCH];
     loop {
-        let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| &mut b[..]).collect();
-        let n = sock.recv_batch(&mut bufs, &mut meta)?;
-        let msgs: Vec<(&[u8], SocketAddr)> = (0..n)
-            .map(|k| (&store[k][..meta[k].len], meta[k].addr))
-            .collect();
-        sock.send_batch(&msgs)?;
+        let n = {
+            let mut it = arena.chunks_mut(SLOT);
+            let mut bufs: [&mut [u8]; BATCH] =
+                std::array::from_fn(|_| it.next().unwrap_or_default());
+            sock.recv_batch(&mut bufs, &mut meta)?
+        };
+        let mut it = arena.chunks(SLOT).zip(meta.iter());
+        let msgs: [(&[u8], SocketAddr); BATCH] = std::array::from_fn(|_| match it.next() {
+            Some((b, m)) => (&b[..m.len], m.addr),
+            None => (&[][..], meta[0].addr),
+        });
+        sock.send_batch(&msgs[..n])?;
     }
 }
+
+const BATCH: usize = 32;
+const SLOT: usize = 2048;

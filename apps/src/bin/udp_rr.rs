@@ -44,6 +44,23 @@ fn main() -> io::Result<()> {
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let size = opt.size.clamp(16, 1400);
     let inflight = opt.inflight.clamp(1, 1024);
+    // Warm-up: one answered request (resolves ARP, wakes the server) before
+    // the clock starts; the server may come up a little after us.
+    let mut buf = [0u8; 2048];
+    let warm = Instant::now();
+    loop {
+        sock.send_to(b"warm-up", opt.server)?;
+        match sock.recv_from(&mut buf) {
+            Ok(_) => break,
+            Err(e)
+                if warm.elapsed() < Duration::from_secs(10)
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let start = Instant::now();
     let mut req = vec![0u8; size];
     let mut seq: u64 = 0;
@@ -60,7 +77,6 @@ fn main() -> io::Result<()> {
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("histogram bounds");
     let (mut done, mut lost, mut bad) = (0u64, 0u64, 0u64);
-    let mut buf = [0u8; 2048];
     let end = Duration::from_secs_f64(opt.duration);
     let mut timeouts_in_row = 0;
     while (opt.requests == 0 && start.elapsed() < end) || (opt.requests > 0 && done < opt.requests)
