@@ -11,8 +11,12 @@
 //! The switch is the real `nic_switch` binary (`CARGO_BIN_EXE_nic_switch`),
 //! started the way `init` starts it (FRAGNET_* variables, inherited fds, a
 //! control socket), so the forwarding code measured is the code that runs.
-//! Placement on this 2-core machine: generator on CPU 0, switch on CPU 1,
-//! sink on CPU 0 (sharing with the generator, yielding when idle). The
+//! Two placements on this 2-core machine, each run in turn: open loop
+//! (generator alone on CPU 0, switch and sink sharing CPU 1, the switch
+//! drops what the sink's ring cannot take) and closed loop (the sink
+//! publishes its count in a shared page, the generator keeps at most one
+//! ring of frames in flight, nothing is dropped; switch alone on CPU 1,
+//! generator and sink sharing CPU 0). The
 //! kernel run uses the same two CPUs: the generator (and the bridge's
 //! softirq work, which runs on the sending CPU) on CPU 0, the sink on CPU 1.
 //! The kernel part needs root (network namespace); without it, it is
@@ -69,16 +73,24 @@ fn main() {
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     println!("load average at start: {}", load.join(" "));
     let mut fragnet = Vec::new();
+    let mut closed = Vec::new();
     let mut linux = Vec::new();
     for run in 0..runs {
         println!("run {run}:");
-        let r = run_fragnet(secs);
+        let r = run_fragnet(secs, false);
         println!(
             "  fragnet nic_switch   {:>6.2} M frames/s delivered (switch drops: {})",
             r.0 / 1e6,
             r.1
         );
         fragnet.push(r.0);
+        let c = run_fragnet(secs, true);
+        println!(
+            "  fragnet closed loop  {:>6.2} M frames/s delivered (switch drops: {})",
+            c.0 / 1e6,
+            c.1
+        );
+        closed.push(c.0);
         if kernel {
             let k = run_kernel(secs);
             println!(
@@ -95,11 +107,14 @@ fn main() {
         1e9 / core
     );
     let mf = median(&mut fragnet);
+    let mc = median(&mut closed);
     println!("median fragnet nic_switch: {:.2} M frames/s", mf / 1e6);
+    println!("median fragnet closed loop: {:.2} M frames/s", mc / 1e6);
     if kernel {
         let mk = median(&mut linux);
         println!("median linux bridge:       {:.2} M frames/s", mk / 1e6);
         println!("ratio fragnet / linux:     {:.1}x", mf / mk);
+        println!("ratio closed loop / linux: {:.1}x", mc / mk);
     } else {
         println!("linux bridge reference skipped: needs root (network namespace)");
     }
@@ -113,7 +128,14 @@ fn median(v: &mut [f64]) -> f64 {
 // ---- fragnet ---------------------------------------------------------
 
 /// Runs gen → switch → sink for `secs`; returns (sink frames/s, switch drops).
-fn run_fragnet(secs: u64) -> (f64, u64) {
+///
+/// Open loop (`credit == false`): the generator sends as fast as it can, the
+/// switch shares CPU 1 with the sink and drops what the sink's ring cannot
+/// take. Closed loop (`credit == true`): the sink publishes how many frames
+/// it received in a shared page and the generator keeps at most one sink
+/// ring (1024 frames) in flight, so nothing is dropped; the switch has CPU 1
+/// to itself and the generator and sink share CPU 0.
+fn run_fragnet(secs: u64, credit: bool) -> (f64, u64) {
     let cfg = Config::default();
     let gen_ch = create(&cfg, "bench-gen").expect("create channel");
     let sink_ch = create(&cfg, "bench-sink").expect("create channel");
@@ -152,10 +174,16 @@ fn run_fragnet(secs: u64) -> (f64, u64) {
     );
     drop(control_child);
 
-    let sink_cpu = env_num("FORWARD_SINK_CPU", 1) as usize;
-    let sink = spawn_role("sink", &sink_ch, secs, sink_cpu);
-    let gen = spawn_role("gen", &gen_ch, secs, 0);
-    drop((gen_ch, sink_ch));
+    let credit_fd = credit.then(|| {
+        let fd = rustix::fs::memfd_create("bench-credit", rustix::fs::MemfdFlags::CLOEXEC)
+            .expect("memfd");
+        rustix::fs::ftruncate(&fd, 4096).expect("ftruncate");
+        fd
+    });
+    let sink_cpu = if credit { 0 } else { 1 };
+    let sink = spawn_role("sink", &sink_ch, secs, sink_cpu, credit_fd.as_ref());
+    let gen = spawn_role("gen", &gen_ch, secs, 0, credit_fd.as_ref());
+    drop((gen_ch, sink_ch, credit_fd));
 
     let rate = collect_rate(sink);
     report_offered(collect_output(gen), secs);
@@ -175,8 +203,15 @@ fn run_fragnet(secs: u64) -> (f64, u64) {
     (rate, drops)
 }
 
-/// Spawn this bench executable as `gen` or `sink` on side B of `ch`.
-fn spawn_role(name: &str, ch: &ChannelFds, secs: u64, cpu: usize) -> Child {
+/// Spawn this bench executable as `gen` or `sink` on side B of `ch`,
+/// with the credit page if given.
+fn spawn_role(
+    name: &str,
+    ch: &ChannelFds,
+    secs: u64,
+    cpu: usize,
+    credit: Option<&OwnedFd>,
+) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
     cmd.args([
         "--role",
@@ -188,12 +223,47 @@ fn spawn_role(name: &str, ch: &ChannelFds, secs: u64, cpu: usize) -> Child {
         &cpu.to_string(),
     ])
     .stdout(Stdio::piped());
-    spawn_with_fds(
-        cmd,
-        &[ch.memfd.as_fd(), ch.wake_a.as_fd(), ch.wake_b.as_fd()],
-        None,
-    )
+    let mut fds = vec![ch.memfd.as_fd(), ch.wake_a.as_fd(), ch.wake_b.as_fd()];
+    if let Some(c) = credit {
+        cmd.arg(c.as_raw_fd().to_string());
+        fds.push(c.as_fd());
+    }
+    spawn_with_fds(cmd, &fds, None)
 }
+
+/// The sink's received-frames counter, shared with the generator.
+struct Credit {
+    ptr: *mut u8,
+}
+
+impl Credit {
+    /// Maps the page passed as fd `fd` (owned from now on).
+    fn map(fd: RawFd) -> Credit {
+        // SAFETY: the parent passed an open 4096-byte memfd; the mapping is
+        // never unmapped (the process exits).
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap credit page");
+            libc::close(fd);
+            Credit { ptr: p.cast() }
+        }
+    }
+
+    fn counter(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: page-aligned, mapped for the life of the process.
+        unsafe { &*(self.ptr as *const std::sync::atomic::AtomicU64) }
+    }
+}
+
+/// Frames the generator may have in flight in closed loop: one sink ring.
+const WINDOW: u64 = 1024;
 
 /// Spawn `cmd` with `fds` inherited (close-on-exec cleared in the child
 /// only), pinned to `cpu` if given.
@@ -261,10 +331,11 @@ fn role(args: &[String]) {
                 }
             };
             let ch = Channel::attach(fds, Side::B).expect("attach");
+            let credit = args.get(6).map(|_| Credit::map(num(6) as RawFd));
             if what == "gen" {
-                generator(ch, secs)
+                generator(ch, secs, credit)
             } else {
-                sink(ch, secs)
+                sink(ch, secs, credit)
             }
         }
         "kgen" => kernel_gen(&args[1], secs),
@@ -277,19 +348,32 @@ fn role(args: &[String]) {
 /// measurement window.
 const WARMUP: Duration = Duration::from_millis(500);
 
-fn generator(mut ch: Channel, secs: u64) {
+fn generator(mut ch: Channel, secs: u64, credit: Option<Credit>) {
+    use std::sync::atomic::Ordering;
     let f = frame(SINK_MAC, GEN_MAC);
-    let mut waiter = Waiter::new();
+    // In closed loop the generator shares its CPU with the sink: hand over
+    // at once when the window is full.
+    let mut waiter = match credit {
+        Some(_) => Waiter::with_policy(Policy {
+            spin: 0,
+            ..Policy::default()
+        }),
+        None => Waiter::new(),
+    };
     let end = Instant::now() + WARMUP + Duration::from_secs(secs) + Duration::from_millis(300);
     let mut sent: u64 = 0;
     let mut round: u32 = 0;
     loop {
+        let room = match &credit {
+            Some(c) => WINDOW.saturating_sub(sent - c.counter().load(Ordering::Acquire)),
+            None => BATCH as u64,
+        };
         let mut n = 0;
-        while n < BATCH && Endpoint::send(&mut ch, &f).is_ok() {
+        while n < room.min(BATCH as u64) && Endpoint::send(&mut ch, &f).is_ok() {
             n += 1;
         }
         ch.flush();
-        sent += n as u64;
+        sent += n;
         round = round.wrapping_add(1);
         if round.is_multiple_of(1024) && Instant::now() >= end {
             break;
@@ -304,7 +388,7 @@ fn generator(mut ch: Channel, secs: u64) {
     println!("sent {sent}");
 }
 
-fn sink(mut ch: Channel, secs: u64) {
+fn sink(mut ch: Channel, secs: u64, credit: Option<Credit>) {
     // Announce the sink's MAC so the switch learns it (unicast from then on).
     let hello = frame(GEN_MAC, SINK_MAC);
     let _ = Endpoint::send(&mut ch, &hello);
@@ -324,6 +408,10 @@ fn sink(mut ch: Channel, secs: u64) {
             .unwrap_or(0);
         count += n as u64;
         ch.flush();
+        if let Some(c) = &credit {
+            c.counter()
+                .store(count, std::sync::atomic::Ordering::Release);
+        }
         let now = Instant::now();
         if mark.is_none() && now >= start + WARMUP {
             mark = Some((now, count));
