@@ -46,7 +46,14 @@ impl Placement {
 
     fn policy(self) -> Policy {
         match self {
-            Placement::TwoCores => Policy::default(),
+            Placement::TwoCores => Policy {
+                yield_for: std::env::var("BENCH_YIELD_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_micros)
+                    .unwrap_or(Policy::default().yield_for),
+                ..Policy::default()
+            },
             Placement::OneCore | Placement::OneCoreHandover => Policy {
                 spin: 0,
                 yield_for: Duration::from_millis(1),
@@ -267,7 +274,7 @@ fn kernel(kind: Kernel, place: Placement, n: u64) -> f64 {
                                 fd,
                                 msgs.as_mut_ptr(),
                                 MMSG as _,
-                                0,
+                                libc::MSG_WAITFORONE,
                                 std::ptr::null_mut(),
                             )
                         };
@@ -338,6 +345,60 @@ fn kernel(kind: Kernel, place: Placement, n: u64) -> f64 {
             // SAFETY: our fd, closed once.
             unsafe { libc::close(a) };
             n as f64 / start.elapsed().as_secs_f64()
+        },
+    )
+}
+
+// ---- latency ------------------------------------------------------------------
+
+/// Round trips of one 64-byte frame, A → B → A, on two cores. With `sleep`
+/// both sides block on their doorbell between frames (the wake-up path:
+/// need_wakeup, eventfd write, poll return); without, both spin. Returns
+/// the median round-trip time in microseconds.
+fn ping_pong(sleep: bool, rounds: usize) -> f64 {
+    let fds = create(&Config::default(), "pingpong").unwrap();
+    let child_fds = fds.try_clone().unwrap();
+    // Wait on one channel: sleep at once, or spin.
+    fn next(ch: &mut Channel, w: &mut Waiter, sleep: bool) -> [u8; FRAME] {
+        let mut frame = [0u8; FRAME];
+        loop {
+            if ch.recv(1, |f| frame.copy_from_slice(f)).unwrap() == 1 {
+                return frame;
+            }
+            if sleep {
+                w.sleep([&mut *ch], &[], None).unwrap();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    fork_pair(
+        0,
+        1,
+        || {
+            let mut ch = Channel::attach(child_fds, Side::B).unwrap();
+            let mut w = Waiter::new();
+            for _ in 0..rounds {
+                let f = next(&mut ch, &mut w, sleep);
+                ch.send(&f).unwrap();
+                ch.flush();
+            }
+        },
+        || {
+            let mut ch = Channel::attach(fds, Side::A).unwrap();
+            let mut w = Waiter::new();
+            let mut rtt = Vec::with_capacity(rounds);
+            for i in 0..rounds {
+                let mut frame = [0u8; FRAME];
+                frame[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let t = Instant::now();
+                ch.send(&frame).unwrap();
+                ch.flush();
+                let back = next(&mut ch, &mut w, sleep);
+                rtt.push(t.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(back, frame);
+            }
+            median(rtt)
         },
     )
 }
@@ -439,6 +500,28 @@ fn main() {
             kern[k][i] = m;
             writeln!(out, "| {row} {} | {}–{} |", mfps(m), mfps(lo), mfps(hi)).unwrap();
         }
+    }
+    if wanted("latency") {
+        let rounds = if quick { 2_000 } else { 20_000 };
+        writeln!(
+            out,
+            "\nRound trip of one {FRAME}-byte frame A→B→A, 2 cores, median of {rounds}:\n"
+        )
+        .unwrap();
+        writeln!(out, "| latency | µs |").unwrap();
+        writeln!(out, "|---|---|").unwrap();
+        writeln!(
+            out,
+            "| both sides spinning | {:.2} |",
+            ping_pong(false, rounds)
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "| both sides asleep on their doorbell | {:.2} |",
+            ping_pong(true, rounds)
+        )
+        .unwrap();
     }
     writeln!(out, "\nload average at end: {}", load().trim()).unwrap();
     writeln!(
