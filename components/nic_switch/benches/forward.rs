@@ -353,10 +353,11 @@ fn generator(mut ch: Channel, secs: u64, credit: Option<Credit>) {
     let f = frame(SINK_MAC, GEN_MAC);
     // In closed loop the generator shares its CPU with the sink: hand over
     // at once when the window is full.
+    // Waiting for credit is not a doorbell wake-up: only yield, never sleep.
     let mut waiter = match credit {
         Some(_) => Waiter::with_policy(Policy {
             spin: 0,
-            ..Policy::default()
+            yield_for: Duration::from_secs(3600),
         }),
         None => Waiter::new(),
     };
@@ -501,6 +502,19 @@ fn run_kernel(secs: u64) -> f64 {
     }
     let mac = SINK_MAC.map(|b| format!("{b:02x}")).join(":");
     ns.ip(&["link", "set", "s0", "address", &mac]);
+    // The links come up asynchronously: wait for both bridge ports to
+    // forward and both generator/sink ends to have carrier.
+    let ready = fragnet_testkit::wait_for(Duration::from_secs(5), || {
+        let links =
+            String::from_utf8_lossy(&ns.sh("ip link show; bridge link show").stdout).into_owned();
+        let forwarding = links.matches("state forwarding").count() == 2;
+        let carrier = links
+            .lines()
+            .filter(|l| l.contains(": g0@") || l.contains(": s0@"))
+            .all(|l| l.contains("LOWER_UP"));
+        forwarding && carrier
+    });
+    assert!(ready, "veths/bridge never came up");
     let out = ns.sh(&format!("bridge fdb add {mac} dev sb master static"));
     assert!(
         out.status.success(),
@@ -580,14 +594,22 @@ fn kernel_gen(dev: &str, secs: u64) {
     }
     let end = Instant::now() + WARMUP + Duration::from_secs(secs) + Duration::from_millis(300);
     let mut sent: u64 = 0;
+    let mut errors: u64 = 0;
+    let mut last_error = None;
     while Instant::now() < end {
         // SAFETY: msgs/iov stay alive and valid for the call.
         let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
         if n > 0 {
             sent += n as u64;
+        } else {
+            errors += 1;
+            last_error = Some(std::io::Error::last_os_error());
         }
     }
     println!("sent {sent}");
+    if let Some(e) = last_error {
+        eprintln!("kernel generator: {errors} failed sendmmsg calls, last: {e}");
+    }
 }
 
 fn kernel_sink(dev: &str, secs: u64) {
