@@ -46,14 +46,35 @@ pub(crate) enum Proto {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Test {
-    Eq(u128),
-    Range(u128, u128),
-    Le(u128),
-    Ge(u128),
+pub(crate) enum Test<T> {
+    Eq(T),
+    Range(T, T),
+    Le(T),
+    Ge(T),
     /// `x & bits != 0` (implicit match on a bitmask type).
-    AnyBits(u128),
+    AnyBits(T),
     Set(u32),
+}
+
+impl Test<u128> {
+    fn narrow(self) -> Test<u64> {
+        match self {
+            Test::Eq(v) => Test::Eq(v as u64),
+            Test::Range(a, b) => Test::Range(a as u64, b as u64),
+            Test::Le(v) => Test::Le(v as u64),
+            Test::Ge(v) => Test::Ge(v as u64),
+            Test::AnyBits(v) => Test::AnyBits(v as u64),
+            Test::Set(s) => Test::Set(s),
+        }
+    }
+}
+
+/// A comparison as compiled, before it is stored narrow or wide.
+struct Cmp {
+    field: Field,
+    mask: u128,
+    neg: bool,
+    test: Test<u128>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,12 +90,19 @@ pub(crate) enum Target {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Op {
     /// `(load(field) & mask) <test>`, negated if `neg`; on failure the rule
-    /// ends without a verdict.
+    /// ends without a verdict. For fields of at most 64 bits (all but IPv6
+    /// addresses and interface names), which keeps ops small.
     Cmp {
         field: Field,
-        mask: u128,
         neg: bool,
-        test: Test,
+        mask: u64,
+        test: Test<u64>,
+    },
+    /// The same for 128-bit fields; operands in `Ruleset::wide[idx]`.
+    CmpWide {
+        field: Field,
+        neg: bool,
+        idx: u32,
     },
     Counter(u32),
     Limit(u32),
@@ -259,6 +287,8 @@ pub struct Ruleset {
     pub(crate) ops: Vec<Op>,
     pub(crate) sets: Vec<CSet>,
     pub(crate) targets: Vec<Target>,
+    /// Operands of `Op::CmpWide`.
+    pub(crate) wide: Vec<(u128, Test<u128>)>,
     pub(crate) counters: Vec<Counter>,
     /// Rule handle of each counter, for carrying values across updates.
     pub(crate) counter_rule: Vec<(u64, u16)>,
@@ -297,6 +327,7 @@ impl Ruleset {
             ops: Vec::new(),
             sets: Vec::new(),
             targets: Vec::new(),
+            wide: Vec::new(),
             counters: Vec::new(),
             counter_rule: Vec::new(),
             limits: Vec::new(),
@@ -473,7 +504,7 @@ impl Ruleset {
                             Test::Set(set_ids[si])
                         }
                     };
-                    self.ops.push(Op::Cmp {
+                    self.push_cmp(Cmp {
                         field: m.field,
                         mask,
                         neg,
@@ -515,28 +546,26 @@ impl Ruleset {
                     // `reject with icmp(v6)` implies the IP version in inet
                     // and bridge tables (nft adds these dependencies).
                     match v {
-                        Verdict::Reject(RejectWith::TcpReset) => self.ops.push(Op::Cmp {
+                        Verdict::Reject(RejectWith::TcpReset) => self.push_cmp(Cmp {
                             field: Field::MetaL4proto,
                             mask: 0xff,
                             neg: false,
                             test: Test::Eq(6),
                         }),
-                        Verdict::Reject(RejectWith::Icmp(_)) if t.family != Family::Ip => {
-                            self.ops.push(Op::Cmp {
+                        Verdict::Reject(RejectWith::Icmp(_)) if t.family != Family::Ip => self
+                            .push_cmp(Cmp {
                                 field: Field::MetaNfproto,
                                 mask: 0xff,
                                 neg: false,
                                 test: Test::Eq(2),
-                            })
-                        }
-                        Verdict::Reject(RejectWith::Icmpv6(_)) if t.family != Family::Ip6 => {
-                            self.ops.push(Op::Cmp {
+                            }),
+                        Verdict::Reject(RejectWith::Icmpv6(_)) if t.family != Family::Ip6 => self
+                            .push_cmp(Cmp {
                                 field: Field::MetaNfproto,
                                 mask: 0xff,
                                 neg: false,
                                 test: Test::Eq(10),
-                            })
-                        }
+                            }),
                         _ => {}
                     }
                     let tg = target(v, self)?;
@@ -563,6 +592,30 @@ impl Ruleset {
         }
         self.rule_ops.push(self.ops.len() as u32);
         Ok(())
+    }
+
+    fn push_cmp(&mut self, c: Cmp) {
+        let Cmp {
+            field,
+            mask,
+            neg,
+            test,
+        } = c;
+        if field.data_type().bits() <= 64 {
+            self.ops.push(Op::Cmp {
+                field,
+                neg,
+                mask: mask as u64,
+                test: test.narrow(),
+            });
+        } else {
+            self.wide.push((mask, test));
+            self.ops.push(Op::CmpWide {
+                field,
+                neg,
+                idx: self.wide.len() as u32 - 1,
+            });
+        }
     }
 
     /// Jump targets of a chain.

@@ -121,36 +121,25 @@ impl Tuple {
             v6: self.v6,
         }
     }
-    /// Same value for both directions of a flow.
+    /// Same value for both directions of a flow (endpoints are ordered;
+    /// for ICMP the type is left out, the identifier kept).
     fn hash(&self, seed: u64) -> u64 {
-        let (a, b) = if (self.src, self.sport) <= (self.dst, self.dport) || is_icmp(self.proto) {
-            ((self.src, self.sport), (self.dst, self.dport))
+        let (sp, dp) = if is_icmp(self.proto) {
+            (self.sport, self.sport)
         } else {
-            ((self.dst, self.dport), (self.src, self.sport))
+            (self.sport, self.dport)
         };
-        let (a, b) = if is_icmp(self.proto) {
-            // Symmetric in the addresses, ignore the ICMP type.
-            let (x, y) = if self.src <= self.dst {
-                (self.src, self.dst)
-            } else {
-                (self.dst, self.src)
-            };
-            ((x, self.sport), (y, 0))
+        let (a, b) = if (self.src, sp) <= (self.dst, dp) {
+            ((self.src, sp), (self.dst, dp))
         } else {
-            (a, b)
+            ((self.dst, dp), (self.src, sp))
         };
-        let mut h = seed ^ (self.proto as u64) << 56 ^ (self.v6 as u64) << 48;
-        for w in [
-            a.0 as u64,
-            (a.0 >> 64) as u64,
-            b.0 as u64,
-            (b.0 >> 64) as u64,
-            (a.1 as u64) << 16 | b.1 as u64,
-        ] {
-            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            h ^= h >> 29;
-        }
-        h
+        let fold =
+            |x: u128, p: u16| (x as u64) ^ ((x >> 64) as u64).rotate_left(23) ^ (p as u64) << 40;
+        let w1 = fold(a.0, a.1) ^ seed;
+        let w2 = fold(b.0, b.1) ^ (self.proto as u64) << 56 ^ (self.v6 as u64) << 63;
+        let h = w1.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w2.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        h ^ (h >> 29)
     }
 }
 

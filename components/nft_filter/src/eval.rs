@@ -166,13 +166,31 @@ impl Ruleset {
             match *op {
                 Op::Cmp {
                     field,
-                    mask,
                     neg,
+                    mask,
                     test,
                 } => {
                     let Some(x) = ctx.load(field) else {
                         return RuleEnd::Next;
                     };
+                    let x = x as u64 & mask;
+                    let hit = match test {
+                        Test::Eq(v) => x == v,
+                        Test::Range(lo, hi) => lo <= x && x <= hi,
+                        Test::Le(v) => x <= v,
+                        Test::Ge(v) => x >= v,
+                        Test::AnyBits(v) => x & v != 0,
+                        Test::Set(s) => self.sets[s as usize].get(x as u128).is_some(),
+                    };
+                    if hit == neg {
+                        return RuleEnd::Next;
+                    }
+                }
+                Op::CmpWide { field, neg, idx } => {
+                    let Some(x) = ctx.load(field) else {
+                        return RuleEnd::Next;
+                    };
+                    let (mask, test) = self.wide[idx as usize];
                     let x = x & mask;
                     let hit = match test {
                         Test::Eq(v) => x == v,

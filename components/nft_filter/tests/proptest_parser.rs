@@ -195,8 +195,7 @@ fn table() -> impl Strategy<Value = Table> {
         prop::collection::vec(elem(DataType_::Addr), 0..4),
     )
         .prop_map(|(rules, prio, drop, set_elems)| {
-            let (base, sub): (Vec<(usize, Rule)>, Vec<(usize, Rule)>) =
-                rules.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+            let (base, sub): Halves = rules.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
             let base: Vec<Rule> = base.into_iter().map(|x| x.1).collect();
             let sub = sub.into_iter().map(|x| x.1);
             let sub_rules: Vec<Rule> = sub
@@ -240,6 +239,8 @@ fn table() -> impl Strategy<Value = Table> {
             }
         })
 }
+
+type Halves = (Vec<(usize, Rule)>, Vec<(usize, Rule)>);
 
 fn strip(mut t: Table) -> Table {
     t.pos = Pos::default();
