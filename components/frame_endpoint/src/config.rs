@@ -1,5 +1,6 @@
 //! The endpoint's `<config ip="10.77.0.10/24" mac="02:…" ping="10.77.0.11"/>`.
 
+use fragnet_host::ConfigNode;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 
 /// The validated configuration.
@@ -13,33 +14,30 @@ pub struct Config {
 
 impl Config {
     /// Parse the `<config>` element; `name` (the component's name) derives
-    /// the MAC when the attribute is absent.
+    /// the MAC when the attribute is absent. Errors name the attribute and
+    /// its line and column.
     pub fn parse(xml: &str, name: &str) -> Result<Config, String> {
-        let attrs = attributes(xml)?;
-        let get = |key: &str| {
-            attrs
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        for (k, _) in &attrs {
+        let node = ConfigNode::parse(xml).map_err(|e| format!("<config>: {e}"))?;
+        let at = |msg: String| node.error(msg).to_string();
+        for (k, _) in &node.attrs {
             if !matches!(k.as_str(), "ip" | "mac" | "ping") {
-                return Err(format!(
+                return Err(at(format!(
                     "<config>: unknown attribute '{k}' (known: ip, mac, ping)"
-                ));
+                )));
             }
         }
-        let ip_attr =
-            get("ip").ok_or("<config>: missing attribute 'ip' (e.g. ip=\"10.77.0.10/24\")")?;
-        let (ip, prefix_len) = parse_cidr(ip_attr)?;
-        let mac = match get("mac") {
-            Some(m) => parse_mac(m)?,
+        let ip_attr = node.attr("ip").ok_or_else(|| {
+            at("<config>: missing attribute 'ip' (e.g. ip=\"10.77.0.10/24\")".into())
+        })?;
+        let (ip, prefix_len) = parse_cidr(ip_attr).map_err(at)?;
+        let mac = match node.attr("mac") {
+            Some(m) => parse_mac(m).map_err(at)?,
             None => derive_mac(name),
         };
-        let ping = match get("ping") {
+        let ping = match node.attr("ping") {
             Some(p) => Some(
                 p.parse::<Ipv4Address>()
-                    .map_err(|_| format!("<config ping=\"{p}\">: not an IPv4 address"))?,
+                    .map_err(|_| at(format!("<config ping=\"{p}\">: not an IPv4 address")))?,
             ),
             None => None,
         };
@@ -49,37 +47,6 @@ impl Config {
             mac,
             ping,
         })
-    }
-}
-
-/// The attributes of the root element of `xml`, in order.
-fn attributes(xml: &str) -> Result<Vec<(String, String)>, String> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
-                let mut out = Vec::new();
-                for a in e.attributes() {
-                    let a = a.map_err(|e| format!("<config>: bad attribute: {e}"))?;
-                    let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
-                    let value = a
-                        .unescape_value()
-                        .map_err(|e| format!("<config {key}>: bad value: {e}"))?
-                        .into_owned();
-                    out.push((key, value));
-                }
-                return Ok(out);
-            }
-            Ok(Event::Eof) => return Ok(Vec::new()),
-            Ok(_) => continue,
-            Err(e) => {
-                return Err(format!(
-                    "<config>: malformed XML at byte {}: {e}",
-                    reader.error_position()
-                ))
-            }
-        }
     }
 }
 
