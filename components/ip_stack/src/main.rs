@@ -376,6 +376,7 @@ impl Stack {
                 ports: &mut dev.shared.ports,
             };
             svc.reset(&mut cx);
+            svc.set_max_msg(ch.buf_size());
             self.app = Some(ch);
             self.app_label = label.clone();
             info!("application channel {label} attached");

@@ -219,6 +219,11 @@ impl Service {
         }
     }
 
+    /// A new application channel may have another buffer size.
+    pub fn set_max_msg(&mut self, max_msg: usize) {
+        self.max_msg = max_msg;
+    }
+
     /// Largest payload of one message.
     fn max_payload(&self) -> usize {
         self.max_msg.saturating_sub(HDR_LEN)
