@@ -108,6 +108,8 @@ pub struct Start {
     pub is_driver: bool,
     pub tap: Option<TapSpec>,
     pub nftables: Vec<NftSource>,
+    /// `user="…"`: run as this uid/gid (no capabilities, no_new_privs).
+    pub user: Option<(u32, u32)>,
     pub line: usize,
     pub col: usize,
 }
@@ -371,6 +373,33 @@ fn parse_start(
             return None;
         }
     };
+    for (k, _) in &node.attrs {
+        if k != "name" && k != "user" {
+            cx.at(
+                node,
+                format!("unknown attribute {k}= on <start name=\"{name}\"> (known: name, user)"),
+            );
+        }
+    }
+    let user = match node.attr("user") {
+        None => None,
+        Some(u) => match resolve_user(u) {
+            Ok((uid, gid)) => {
+                let euid = rustix::process::geteuid().as_raw();
+                if euid != 0 && uid != euid {
+                    cx.at(
+                        node,
+                        format!("start \"{name}\": running as user \"{u}\" needs root"),
+                    );
+                }
+                Some((uid, gid))
+            }
+            Err(e) => {
+                cx.at(node, format!("start \"{name}\": user=\"{u}\": {e}"));
+                None
+            }
+        },
+    };
     let mut binary = name.clone();
     let mut cpu = None;
     let mut config: Option<&ConfigNode> = None;
@@ -513,9 +542,36 @@ fn parse_start(
         is_driver,
         tap,
         nftables,
+        user,
         line,
         col,
     })
+}
+
+/// `UID`, `UID:GID`, or a user name from /etc/passwd (its primary group).
+pub fn resolve_user(u: &str) -> Result<(u32, u32), String> {
+    let u = u.trim();
+    if let Some((a, b)) = u.split_once(':') {
+        let uid = a
+            .parse()
+            .map_err(|_| format!("\"{a}\" is not a numeric uid"))?;
+        let gid = b
+            .parse()
+            .map_err(|_| format!("\"{b}\" is not a numeric gid"))?;
+        return Ok((uid, gid));
+    }
+    if let Ok(uid) = u.parse::<u32>() {
+        return Ok((uid, uid));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == u).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+        .ok_or_else(|| format!("no user named \"{u}\" in /etc/passwd (give UID or UID:GID)"))
 }
 
 fn parse_route(cx: &mut Ctx<'_>, start: &str, s: &ConfigNode) -> Option<Route> {
@@ -1029,6 +1085,20 @@ mod tests {
             "{}",
             e[0]
         );
+
+        let e = errors(
+            "<config>\n <start name=\"nic_drv\" ram=\"1M\"/>\n</config>",
+            &c,
+        );
+        assert!(e[0].message.contains("unknown attribute ram="), "{}", e[0]);
+        let e = errors(
+            "<config>\n <start name=\"nic_drv\" user=\"no-such-user-x\"/>\n</config>",
+            &c,
+        );
+        assert!(e[0].message.contains("no user named"), "{}", e[0]);
+        assert_eq!(resolve_user("65534:100"), Ok((65534, 100)));
+        assert_eq!(resolve_user("42"), Ok((42, 42)));
+        assert_eq!(resolve_user("root"), Ok((0, 0)));
 
         let e = errors("<config>\n <start name=\"nic_drv\"><config><nftables file=\"missing.nft\"/></config></start>\n</config>", &c);
         assert!(e[0].message.contains("cannot read rule file"), "{}", e[0]);

@@ -61,6 +61,15 @@ struct Proc {
     stopping: Option<Instant>,
 }
 
+/// Destination steering of one multi-queue TAP device.
+struct Steering {
+    ifname: String,
+    /// Driver instance -> the address of its queue's client.
+    ips: HashMap<usize, std::net::Ipv4Addr>,
+    /// Driver instances in the kernel's queue order.
+    slots: Vec<usize>,
+}
+
 struct LinkState {
     /// An end waiting for the side that is not running, whose peer (running)
     /// holds the other end of the same channel.
@@ -90,6 +99,8 @@ pub struct Supervisor {
     sigfd: OwnedFd,
     /// Ruleset last loaded, per start index.
     rules_sent: HashMap<usize, Ruleset>,
+    /// Steered TAP devices, per driver start index.
+    steering: HashMap<usize, Steering>,
     cleaned: bool,
 }
 
@@ -233,6 +244,7 @@ impl Supervisor {
             clients: Vec::new(),
             sigfd,
             rules_sent: HashMap::new(),
+            steering: HashMap::new(),
             cleaned: false,
         };
         // From here on, `sup` removes what it created when dropped.
@@ -240,11 +252,12 @@ impl Supervisor {
         sup.listener = Some(bind_control(&path).map_err(|e| e.to_string())?);
         sup.socket_path = Some(path);
         sup.create_taps()?;
-        sup.steer_taps()?;
+        sup.plan_steering();
         for i in 0..sup.plan.instances.len() {
             sup.spawn_instance(i)?;
             // The ruleset is the first request a component gets.
             sup.send_rules(i);
+            sup.queue_attached(i);
         }
         info!(
             "running {} ({} processes, {} channels); control socket {}",
@@ -299,19 +312,20 @@ impl Supervisor {
     }
 
     /// For a multi-queue TAP whose queue clients each have their own
-    /// `ip=`, steer frames by destination address to that client's queue
-    /// (see `fragnet_host::tap::steer_by_ipv4`); otherwise the kernel
-    /// spreads flows over the queues by hash.
-    fn steer_taps(&mut self) -> Result<(), String> {
+    /// `ip=`, frames are steered by destination address to that client's
+    /// queue (see `fragnet_host::tap::steer_by_ipv4`); otherwise the kernel
+    /// spreads flows over the queues by hash. This finds those devices; the
+    /// program follows the queues as they attach (`queue_attached`) and go
+    /// (`queue_detached`).
+    fn plan_steering(&mut self) {
         for (si, s) in self.script.starts.iter().enumerate() {
             let Some(t) = &s.tap else { continue };
             if t.queues < 2 {
                 continue;
             }
-            let mut map = Vec::new();
+            let mut ips: HashMap<usize, std::net::Ipv4Addr> = HashMap::new();
             for link in &self.plan.links {
-                let inst = &self.plan.instances[link.provider];
-                if inst.start != si {
+                if self.plan.instances[link.provider].start != si {
                     continue;
                 }
                 let client = &self.script.starts[self.plan.instances[link.client].start];
@@ -326,41 +340,94 @@ impl Supervisor {
                             .ok()
                     });
                 match ip {
-                    Some(ip) if !map.iter().any(|(a, _)| *a == ip) => {
-                        map.push((ip, inst.queue.unwrap_or(0) as u16))
+                    Some(ip) if !ips.values().any(|a| *a == ip) => {
+                        ips.insert(link.provider, ip);
                     }
                     _ => {
-                        map.clear();
+                        ips.clear();
                         break;
                     }
                 }
             }
-            if map.len() != t.queues as usize {
+            if ips.len() != t.queues as usize {
                 info!(
                     "TAP device {}: the kernel spreads flows over its {} queues (queue clients without distinct ip=)",
                     t.ifname, t.queues
                 );
                 continue;
             }
-            fragnet_host::tap::steer_by_ipv4(&t.ifname, &map).map_err(|e| {
-                format!(
-                    "{}:{}:{}: start \"{}\": {e}",
-                    self.script.path.display(),
-                    s.line,
-                    s.col,
-                    s.name
-                )
-            })?;
-            info!(
-                "TAP device {}: frames steered by destination: {}",
-                t.ifname,
-                map.iter()
-                    .map(|(ip, q)| format!("{ip} -> queue {q}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            self.steering.insert(
+                si,
+                Steering {
+                    ifname: t.ifname.clone(),
+                    ips,
+                    slots: Vec::new(),
+                },
             );
         }
-        Ok(())
+    }
+
+    /// Waits until driver queue `i` has attached (it answers `ping` once
+    /// its setup is done), records its kernel queue slot and re-steers.
+    fn queue_attached(&mut self, i: usize) {
+        let s = self.plan.instances[i].start;
+        if !self.steering.contains_key(&s) {
+            return;
+        }
+        match self.request(i, "ping", &[]) {
+            Ok(r) if r.is_ok() => {}
+            Ok(r) => warn!("{}: ping: {}", self.plan.instances[i].name, r.body.trim()),
+            Err(e) => {
+                warn!("{e}: its TAP queue is not steered");
+                return;
+            }
+        }
+        if let Some(st) = self.steering.get_mut(&s) {
+            // The kernel numbers queues in the order they attach.
+            st.slots.push(i);
+        }
+        self.apply_steering(s);
+    }
+
+    /// Driver queue `i` is gone: the kernel moved its last queue into the
+    /// freed slot (as `Vec::swap_remove` does); re-steer.
+    fn queue_detached(&mut self, i: usize) {
+        let s = self.plan.instances[i].start;
+        let Some(st) = self.steering.get_mut(&s) else {
+            return;
+        };
+        if let Some(k) = st.slots.iter().position(|&x| x == i) {
+            st.slots.swap_remove(k);
+            self.apply_steering(s);
+        }
+    }
+
+    fn apply_steering(&self, s: usize) {
+        let Some(st) = self.steering.get(&s) else {
+            return;
+        };
+        let map: Vec<(std::net::Ipv4Addr, u16)> = st
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, inst)| st.ips.get(inst).map(|ip| (*ip, slot as u16)))
+            .collect();
+        match fragnet_host::tap::steer_by_ipv4(&st.ifname, &map) {
+            Ok(()) => info!(
+                "TAP device {}: frames steered by destination: {}",
+                st.ifname,
+                map.iter()
+                    .map(|(ip, q)| {
+                        format!(
+                            "{ip} -> {} (queue {q})",
+                            self.plan.instances[st.slots[*q as usize]].name
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => error!("{e}"),
+        }
     }
 
     fn running(&self, i: usize) -> bool {
@@ -430,6 +497,7 @@ impl Supervisor {
             script_dir: &self.script.dir,
             queue: inst.queue,
             cpu: start.cpu,
+            user: start.user,
             control: child_ctl,
             channels,
         })
@@ -547,6 +615,8 @@ impl Supervisor {
                 p.state = State::Failed;
                 continue;
             }
+            self.queue_detached(i);
+            let p = &mut self.procs[i];
             if p.stopping.take().is_some() {
                 p.state = State::Backoff(Instant::now());
                 p.fast_crashes = 0;
@@ -572,7 +642,9 @@ impl Supervisor {
             }
             let delay = match p.fast_crashes {
                 0 => Duration::ZERO,
-                n => BACKOFF.saturating_mul(1 << (n - 1).min(10)).min(BACKOFF_MAX),
+                n => BACKOFF
+                    .saturating_mul(1 << (n - 1).min(10))
+                    .min(BACKOFF_MAX),
             };
             p.state = State::Backoff(Instant::now() + delay);
             warn!(
@@ -592,7 +664,10 @@ impl Supervisor {
                     match self.spawn_instance(i) {
                         // A fresh process has no rules: send them again
                         // (to this instance; the others have them).
-                        Ok(()) => self.send_rules(i),
+                        Ok(()) => {
+                            self.send_rules(i);
+                            self.queue_attached(i);
+                        }
                         Err(e) => {
                             error!("restarting {}: {e}", self.plan.instances[i].name);
                             let p = &mut self.procs[i];
@@ -1076,6 +1151,7 @@ fn shape(s: &crate::script::Start) -> impl PartialEq {
         s.queues,
         s.is_driver,
         s.tap.clone(),
+        s.user,
     )
 }
 

@@ -909,18 +909,136 @@ fn multi_queue_tap_runs_a_driver_per_queue_and_steers_by_address() {
     let out = ns.sh("ip -d link show fnmq0");
     assert!(String::from_utf8_lossy(&out.stdout).contains("multi_queue numqueues 2"));
     // Each endpoint sits on its own queue; steering by destination gets
-    // every ping (and ARP) to the right one.
-    for _ in 0..3 {
+    // every ping (and ARP) to the right one (once the endpoints are up).
+    for ip in ["10.78.0.10", "10.78.0.11"] {
+        assert!(
+            wait_for(Duration::from_secs(10), || ns.ping(ip, 1)),
+            "{ip}\n{}",
+            f.log()
+        );
+    }
+    for _ in 0..5 {
         assert!(ns.ping("10.78.0.10", 1), "{}", f.log());
         assert!(ns.ping("10.78.0.11", 1), "{}", f.log());
     }
     assert!(
         f.log()
-            .contains("10.78.0.10 -> queue 0, 10.78.0.11 -> queue 1"),
+            .contains("10.78.0.10 -> nic_drv#0 (queue 0), 10.78.0.11 -> nic_drv#1 (queue 1)"),
         "{}",
         f.log()
     );
+    // Restarting queue 0's driver makes the kernel move queue 1 into slot
+    // 0 and the new driver takes slot 1; the steering follows.
+    let drv0 = pid_of(&sock, "nic_drv#0").unwrap();
+    unsafe { libc::kill(drv0 as i32, libc::SIGKILL) };
+    assert!(
+        wait_for(Duration::from_secs(5), || f.log().contains(
+            "10.78.0.11 -> nic_drv#1 (queue 0), 10.78.0.10 -> nic_drv#0 (queue 1)"
+        )),
+        "{}",
+        f.log()
+    );
+    for ip in ["10.78.0.10", "10.78.0.11"] {
+        assert!(
+            wait_for(Duration::from_secs(10), || ns.ping(ip, 1)),
+            "{ip}\n{}",
+            f.log()
+        );
+    }
+    for _ in 0..5 {
+        assert!(ns.ping("10.78.0.10", 1), "{}", f.log());
+        assert!(ns.ping("10.78.0.11", 1), "{}", f.log());
+    }
     assert!(f.stop(Duration::from_secs(10)).is_some_and(|s| s.success()));
     let links = ns.sh("ip -o link show");
     assert!(!String::from_utf8_lossy(&links.stdout).contains("fnmq0"));
+}
+
+#[test]
+fn user_runs_a_component_unprivileged() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to switch to uid 65534)");
+        return;
+    }
+    let dir = TempDir::new("fninit-user");
+    use std::os::unix::fs::PermissionsExt;
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::copy(examples_dir().join("probe"), bins.join("probe")).unwrap();
+    for (p, m) in [
+        (bins.join("probe"), 0o755),
+        (bins.clone(), 0o755),
+        (dir.path().to_path_buf(), 0o755),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let script = write_script(
+        dir.path(),
+        "user.xml",
+        r#"<config control="ctl.sock">
+  <start name="srv" user="65534">
+    <binary name="probe"/>
+    <provides><service name="Echo"/></provides>
+  </start>
+  <start name="cli" user="65534:65534">
+    <binary name="probe"/>
+    <route><service name="Echo"><child name="srv"/></service></route>
+  </start>
+</config>
+"#,
+    );
+    let bins_str = bins.display().to_string();
+    let f = Fragnet::start_with(None, &script, &[("FRAGNET_BIN_DIR", &bins_str)]);
+    let sock = dir.path().join("ctl.sock");
+    assert!(
+        wait_for(Duration::from_secs(10), || ps(&sock).len() == 2
+            && ps(&sock).iter().all(|l| l.state == "running")),
+        "{}",
+        f.log()
+    );
+    let status = |pid: u32, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            })
+            .unwrap_or_default()
+    };
+    for name in ["srv", "cli"] {
+        let pid = pid_of(&sock, name).unwrap();
+        assert_eq!(status(pid, "Uid:"), "65534 65534 65534 65534", "{name}");
+        assert_eq!(status(pid, "Gid:"), "65534 65534 65534 65534", "{name}");
+        assert_eq!(status(pid, "Groups:"), "", "{name}");
+        assert_eq!(status(pid, "CapEff:"), "0000000000000000", "{name}");
+        assert_eq!(status(pid, "CapPrm:"), "0000000000000000", "{name}");
+        assert_eq!(status(pid, "NoNewPrivs:"), "1", "{name}");
+    }
+    // Channels work as before, and so does a restart with a fresh one.
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock,
+        "cli",
+        "echo_rx:echo"
+    )
+    .unwrap_or(0)
+        >= 3));
+    let srv = pid_of(&sock, "srv").unwrap();
+    unsafe { libc::kill(srv as i32, libc::SIGKILL) };
+    assert!(
+        wait_for(Duration::from_secs(5), || stats(&sock, "cli", "replaced")
+            == Some(1)),
+        "{}",
+        f.log()
+    );
+    let srv2 = pid_of(&sock, "srv").unwrap();
+    assert_eq!(status(srv2, "Uid:"), "65534 65534 65534 65534");
+    let before = stats(&sock, "cli", "echo_rx:echo").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || stats(
+        &sock,
+        "cli",
+        "echo_rx:echo"
+    )
+    .unwrap_or(0)
+        > before + 2));
 }
