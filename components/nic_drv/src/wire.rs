@@ -313,17 +313,21 @@ fn accept(socket: &OwnedFd, path: &Path) -> io::Result<Option<(Channel, Control)
 
 /// Connector: connect, receive the channel's descriptors, attach side B.
 fn connect(path: &Path) -> io::Result<Option<(Channel, Control)>> {
+    // Non-blocking: a listener that is not accepting (stopped, backlog
+    // full) must not stall this driver's loop.
     let socket = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
     let addr = SocketAddrUnix::new(path)?;
     match rustix::net::connect(&socket, &addr) {
         Ok(()) => {}
-        // Not listening yet: try again later, quietly.
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::CONNREFUSED) => return Ok(None),
+        // Not listening yet, or not accepting: try again later, quietly.
+        Err(rustix::io::Errno::NOENT)
+        | Err(rustix::io::Errno::CONNREFUSED)
+        | Err(rustix::io::Errno::AGAIN) => return Ok(None),
         Err(e) => {
             return Err(io::Error::other(format!(
                 "connect to {}: {e}",
