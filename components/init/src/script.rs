@@ -747,6 +747,29 @@ fn check_tap_queues(cx: &mut Ctx<'_>, script: &Script) {
     }
 }
 
+/// Whether (uid, gid) may open /dev/net/tun read-write (a driver running
+/// as that user attaches its queue itself).
+fn tun_accessible(uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata("/dev/net/tun").map_err(|e| format!("cannot see /dev/net/tun: {e}"))?;
+    let mode = m.mode();
+    let ok = uid == 0
+        || (m.uid() == uid && mode & 0o600 == 0o600)
+        || (m.gid() == gid && mode & 0o060 == 0o060)
+        || mode & 0o006 == 0o006;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "may not open /dev/net/tun (mode {:04o}, owner {}:{})",
+            mode & 0o7777,
+            m.uid(),
+            m.gid()
+        ))
+    }
+}
+
 fn check_taps(cx: &mut Ctx<'_>, starts: &[Start], checks: &Checks) {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for s in starts {
@@ -763,6 +786,14 @@ fn check_taps(cx: &mut Ctx<'_>, starts: &[Start], checks: &Checks) {
                 s.name, t.ifname
             )));
             continue;
+        }
+        if let Some((uid, gid)) = s.user {
+            if let Err(e) = tun_accessible(uid, gid) {
+                cx.errors.push(err(format!(
+                    "start \"{}\" runs as uid {uid}, which {e}; drop user= or make the node accessible (mode 0666 is the usual setting)",
+                    s.name
+                )));
+            }
         }
         if !checks.net_admin {
             cx.errors.push(err(format!(

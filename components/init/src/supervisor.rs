@@ -282,12 +282,15 @@ impl Supervisor {
                     s.col,
                     s.name
                 );
-                s.tap.clone().map(|t| (t, at))
+                s.tap.clone().map(|t| (t, at, s.user))
             })
             .collect();
-        for (t, at) in taps {
+        for (t, at, user) in taps {
             let fail = |e: io::Error| format!("{at}: {e}");
-            fragnet_host::tap::create_persistent(&t.ifname, t.queues > 1).map_err(fail)?;
+            // A driver started with user= owns the device, so it can attach
+            // its queue without privileges.
+            fragnet_host::tap::create_persistent_for(&t.ifname, t.queues > 1, user)
+                .map_err(fail)?;
             self.taps.push(t.ifname.clone());
             if let Some(mtu) = t.mtu {
                 run_ip(&["link", "set", "dev", &t.ifname, "mtu", &mtu.to_string()])

@@ -1042,3 +1042,120 @@ fn user_runs_a_component_unprivileged() {
     .unwrap_or(0)
         > before + 2));
 }
+
+#[test]
+fn an_unprivileged_driver_owns_its_tap() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP, mount namespace)");
+        return;
+    }
+    for b in ["nic_drv", "frame_endpoint"] {
+        if !bin_dir().join(b).is_file() {
+            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
+            return;
+        }
+    }
+    let ns = NetNs::new("fninit");
+    let dir = TempDir::new("fninit-owner");
+    // Copies uid 65534 can execute wherever the build tree is (fragnet
+    // too: its own directory is searched first).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for (from, to) in [
+        (bin_dir().join("nic_drv"), "nic_drv"),
+        (bin_dir().join("frame_endpoint"), "frame_endpoint"),
+        (PathBuf::from(env!("CARGO_BIN_EXE_fragnet")), "fragnet"),
+    ] {
+        std::fs::copy(from, bins.join(to)).unwrap();
+        std::fs::set_permissions(bins.join(to), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for d in [dir.path(), bins.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = write_script(
+        dir.path(),
+        "owner.xml",
+        r#"<config control="owner.sock">
+  <start name="nic_drv" user="65534">
+    <config backend="tap" ifname="fnown0" host_ip="10.80.0.1/24"/>
+    <provides><service name="Nic"/></provides>
+  </start>
+  <start name="ep" user="65534">
+    <binary name="frame_endpoint"/>
+    <config ip="10.80.0.10/24"/>
+    <route><service name="Nic"><child name="nic_drv"/></service></route>
+  </start>
+</config>
+"#,
+    );
+    // Where /dev/net/tun is root-only, the check says so up front.
+    let tun_mode = std::fs::metadata("/dev/net/tun").unwrap().mode();
+    if tun_mode & 0o006 != 0o006 {
+        let out = fragnet().arg("check").arg(&script).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("runs as uid 65534, which may not open /dev/net/tun"),
+            "{err}"
+        );
+    }
+    // Run it in a private mount namespace where /dev/net/tun is the usual
+    // mode 0666 (a node of our own bound over it; nothing global changes).
+    let node = dir.path().join("tun");
+    let made = Command::new("mknod")
+        .arg(&node)
+        .args(["c", "10", "200"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let log_path = dir.path().join("owner.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = ns
+        .exec("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind '{}' /dev/net/tun && exec '{}' run '{}'",
+            node.display(),
+            bins.join("fragnet").display(),
+            script.display()
+        ))
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("owner.sock");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ok = wait_for(Duration::from_secs(10), || ns.ping("10.80.0.10", 1));
+    let drv = pid_of(&sock, "nic_drv#0");
+    let caps = drv.map(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("Uid:") || l.starts_with("CapEff:"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    });
+    // Restart the driver: it attaches again, still without privileges.
+    if let Some(p) = drv {
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+    let again = wait_for(Duration::from_secs(10), || {
+        pid_of(&sock, "nic_drv#0").is_some_and(|p| Some(p) != drv) && ns.ping("10.80.0.10", 1)
+    });
+    // `sh` exec'd fragnet, so the child is fragnet itself.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(ok, "{}", log());
+    assert_eq!(
+        caps.unwrap_or_default(),
+        vec!["Uid: 65534 65534 65534 65534", "CapEff: 0000000000000000"],
+        "{}",
+        log()
+    );
+    assert!(again, "{}", log());
+    assert!(status.success(), "{status:?}\n{}", log());
+    let links = ns.sh("ip -o link show");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("fnown0"));
+}

@@ -11,6 +11,8 @@ use std::path::Path;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
@@ -118,6 +120,17 @@ fn tap_flags(multi_queue: bool) -> libc::c_short {
 /// Creates a persistent TAP device (no packet-info header; multi-queue when
 /// asked). Refuses to take over a device that already exists.
 pub fn create_persistent(ifname: &str, multi_queue: bool) -> io::Result<()> {
+    create_persistent_for(ifname, multi_queue, None)
+}
+
+/// Like [`create_persistent`]; with `owner` = (uid, gid), processes of that
+/// user or group may attach queues without CAP_NET_ADMIN (TUNSETOWNER,
+/// TUNSETGROUP), so a driver can run unprivileged.
+pub fn create_persistent_for(
+    ifname: &str,
+    multi_queue: bool,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     check_ifname(ifname)?;
     if exists(ifname) {
         return Err(io::Error::new(
@@ -146,6 +159,19 @@ pub fn create_persistent(ifname: &str, multi_queue: bool) -> io::Result<()> {
             e
         }
     })?;
+    if let Some((uid, gid)) = owner {
+        for (req, id, what) in [(TUNSETOWNER, uid, "owner"), (TUNSETGROUP, gid, "group")] {
+            // SAFETY: TUNSETOWNER/TUNSETGROUP take the id by value.
+            let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, id as libc::c_ulong) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("setting the {what} of TAP device {ifname} to {id} failed: {e}"),
+                ));
+            }
+        }
+    }
     set_persist(&fd, ifname, true)
 }
 

@@ -118,6 +118,13 @@ fn tap_create_attach_destroy() {
         tap::destroy(&name).unwrap();
         assert!(!tap::exists(&name));
     }
+    // An owned device names its user and group.
+    tap::create_persistent_for(&name, true, Some((65534, 65533))).unwrap();
+    let sys = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).unwrap();
+    assert_eq!(sys("owner").trim(), "65534");
+    assert_eq!(sys("group").trim(), "65533");
+    tap::destroy(&name).unwrap();
+
     let e = tap::open_queue(&name, false).unwrap_err();
     assert!(e.to_string().contains("no such device"), "{e}");
     assert!(tap::destroy(&name).is_err());
