@@ -15,6 +15,9 @@ use crate::service::Limits;
 /// Parsed configuration.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// The run script names rule files (`<nftables file=…/>`): init sends
+    /// the ruleset first, and no packet may pass before it is loaded.
+    pub expect_rules: bool,
     /// Idle policy: rounds to spin, then µs to yield before sleeping.
     pub spin: u32,
     pub yield_us: u64,
@@ -83,6 +86,7 @@ impl StackConfig {
             );
         }
         Ok(StackConfig {
+            expect_rules: node.child("nftables").is_some(),
             spin: node.attr_or("spin", 64)?,
             yield_us: node.attr_or("yield_us", 200)?,
             cidr: Ipv4Cidr::new(addr, len),

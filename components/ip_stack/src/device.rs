@@ -142,6 +142,27 @@ fn flush_deferred<Q: FrameQueue>(queue: &mut Q, shared: &Shared) {
     d.len = 0;
 }
 
+fn send_reject<Q: FrameQueue>(queue: &mut Q, shared: &Shared) {
+    let mut filter = shared.filter.borrow_mut();
+    let Some(reply) = filter.take_reply() else {
+        return;
+    };
+    let len = reply.len();
+    let sent = queue.send_with(len, |buf| match buf.get_mut(..len) {
+        Some(out) => {
+            out.copy_from_slice(reply);
+            len
+        }
+        None => 0,
+    });
+    if sent {
+        filter.rejects_sent += 1;
+        bump(&shared.counters.tx_frames);
+    } else {
+        shared.counters.count(Reason::TxRingFull);
+    }
+}
+
 impl<Q: FrameQueue> phy::Device for NicDevice<Q> {
     type RxToken<'a>
         = RxToken<'a, Q>
@@ -233,8 +254,10 @@ impl<Q: FrameQueue> phy::RxToken for RxToken<'_, Q> {
                 result = Some(f(if pass { frame } else { &[] }));
             }
         });
-        // An answer built while the frame was borrowed goes out now.
+        // An answer built while the frame was borrowed goes out now, and so
+        // does a reply to a packet the filter rejected.
         flush_deferred(queue, shared);
+        send_reject(queue, shared);
         match result {
             Some(r) => r,
             // The queue had lost its frame (channel went down between

@@ -97,6 +97,7 @@ struct Stack {
     start: std::time::Instant,
     rounds: u64,
     policy: Policy,
+    expect_rules: bool,
 }
 
 fn run() -> Result<(), String> {
@@ -173,6 +174,7 @@ fn run() -> Result<(), String> {
         control: env.control.take(),
         start,
         rounds: 0,
+        expect_rules: cfg.expect_rules,
         policy: Policy {
             spin: cfg.spin,
             yield_for: std::time::Duration::from_micros(cfg.yield_us),
@@ -187,6 +189,9 @@ impl Stack {
     }
 
     fn run(&mut self) -> Result<(), String> {
+        if self.expect_rules {
+            self.wait_for_rules()?;
+        }
         let mut waiter = Waiter::with_policy(self.policy);
         let mut check_control = true;
         loop {
@@ -291,6 +296,35 @@ impl Stack {
             || dev.shared.counters.tx_frames.get() != tx0
     }
 
+    /// Before moving any packet: serve control messages until init has
+    /// loaded the ruleset (it sends `nft load` first), at most 10 s.
+    fn wait_for_rules(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.dev.shared.filter.borrow().generation() == 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(c) = self.control.as_mut() else {
+                return Ok(());
+            };
+            if left.is_zero() {
+                warn!("no ruleset from init after 10 s: running without one");
+                return Ok(());
+            }
+            match c.recv_timeout(left) {
+                Ok(Some(msg)) => {
+                    let (reply, _) = self.control_msg(msg);
+                    if let Some(c) = self.control.as_ref() {
+                        let _ = c.reply(&reply);
+                    }
+                }
+                Ok(None) => return Err("control socket closed before the ruleset came".into()),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("control socket: {e}")),
+            }
+        }
+        Ok(())
+    }
+
     /// Serves pending control messages. `Some(())`: exit now.
     fn control(&mut self) -> Result<Option<()>, String> {
         loop {
@@ -325,7 +359,11 @@ impl Stack {
             "ping" => ("ok".into(), false),
             "stats" => (format!("ok\n{}", self.stats()), false),
             "nft" => (
-                self.dev.shared.filter.borrow_mut().control(&msg.body),
+                self.dev
+                    .shared
+                    .filter
+                    .borrow_mut()
+                    .control(&msg.args, &msg.body),
                 false,
             ),
             "shutdown" => ("ok".into(), true),
@@ -398,6 +436,7 @@ impl Stack {
         }
         let _ = writeln!(out, "drop_total {dropped}");
         self.svc.stats.lines(&mut out);
+        self.dev.shared.filter.borrow().stats(&mut out);
         let (live, closing) = self.svc.counts();
         let _ = writeln!(out, "sockets_live {live}");
         let _ = writeln!(out, "tcp_closing {closing}");

@@ -615,3 +615,74 @@ fn linux_http_client_gets_pages_from_fragnet_http_hello() {
         "{text}"
     );
 }
+
+#[test]
+fn ruleset_from_the_run_script_filters_and_can_be_flushed() {
+    need_root!();
+    let ns = NetNs::new("fnstk");
+    let dir = TempDir::new("fnstk");
+    std::fs::write(
+        dir.path().join("stack.nft"),
+        "table inet f {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    udp dport 7 counter drop\n  }\n}\n",
+    )
+    .unwrap();
+    let ifname = format!("fs{}f", std::process::id() % 100000);
+    let xml = format!(
+        r#"<config control="{ctl}">
+  <start name="nic_drv">
+    <config backend="tap" ifname="{ifname}" queues="1" host_ip="10.89.0.1/24"/>
+    <provides><service name="Nic"/></provides>
+  </start>
+  <start name="stack">
+    <binary name="ip_stack"/>
+    <config ip="10.89.0.10/24"><nftables file="stack.nft"/></config>
+    <route><service name="Nic"><child name="nic_drv" queue="0"/></service></route>
+    <provides><service name="Socket"/></provides>
+  </start>
+  <start name="app">
+    <binary name="udp_echo"/>
+    <config port="7"/>
+    <route><service name="Socket"><child name="stack"/></service></route>
+  </start>
+</config>
+"#,
+        ctl = dir.path().join("ctl.sock").display()
+    );
+    let script = write_script(dir.path(), "fnstk_filter.xml", &xml);
+    let f = Fragnet::start(Some(&ns), &script);
+    let ip = Ipv4Addr::new(10, 89, 0, 10);
+    assert!(
+        wait_for(Duration::from_secs(10), || ns.ping("10.89.0.10", 1)),
+        "{}",
+        f.log()
+    );
+    assert_eq!(
+        udp_echoes(&ns, ip, 5),
+        0,
+        "udp dport 7 is dropped by the rule"
+    );
+    let st = stats(&script, Some(&ns), "stack");
+    assert!(st["drop_filter_input"] >= 5, "{st:?}");
+    let out = ns
+        .exec(bin_path("fragnet"))
+        .args(["nft", "--script"])
+        .arg(&script)
+        .args(["--target", "stack", "list", "counters"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("packets 5"), "{text}");
+    let out = ns
+        .exec(bin_path("fragnet"))
+        .args(["nft", "--script"])
+        .arg(&script)
+        .args(["--target", "stack", "flush", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(udp_echoes(&ns, ip, 5), 5, "after flush ruleset");
+}
