@@ -136,6 +136,23 @@ fn port(spec: ChannelSpec, allow_route: bool) -> Result<(String, Channel), Strin
 fn setup(env: &mut Env) -> Result<Backend, String> {
     let config = env.config().map_err(|e| e.to_string())?;
     let backend = config.require_attr("backend").map_err(|e| e.to_string())?;
+    let known: &[&str] = match backend {
+        "tap" => &["backend", "ifname", "queues", "host_ip", "mtu"],
+        "wire" => &["backend", "listen", "connect"],
+        _ => &["backend"],
+    };
+    if let Some((k, _)) = config
+        .attrs
+        .iter()
+        .find(|(k, _)| !known.contains(&k.as_str()))
+    {
+        return Err(config
+            .error(format!(
+                "<config backend=\"{backend}\">: unknown attribute '{k}' (known: {})",
+                known.join(", ")
+            ))
+            .to_string());
+    }
     let mut channels = std::mem::take(&mut env.channels);
     let count = channels.len();
     match backend {

@@ -28,6 +28,19 @@ struct Config {
 impl Config {
     fn from_env(env: &Env) -> Result<Config, String> {
         let node = env.config().map_err(|e| e.to_string())?;
+        const KNOWN: [&str; 4] = ["mac_aging_s", "mac_table_size", "batch", "spin"];
+        if let Some((k, _)) = node
+            .attrs
+            .iter()
+            .find(|(k, _)| !KNOWN.contains(&k.as_str()))
+        {
+            return Err(node
+                .error(format!(
+                    "<config>: unknown attribute '{k}' (known: {})",
+                    KNOWN.join(", ")
+                ))
+                .to_string());
+        }
         let c = Config {
             mac_aging_s: node
                 .attr_or("mac_aging_s", 300u64)
