@@ -284,6 +284,17 @@ impl Stack {
         };
         if let Some(why) = app_down {
             warn!("application disconnected: {why}");
+            if let Some(a) = app.as_mut().filter(|a| a.is_up()) {
+                // Tell the application why, so its calls fail instead of
+                // waiting for answers that will not come.
+                let m = fragnet::proto::Msg::new(fragnet::proto::Op::Error)
+                    .sock(fragnet::proto::SOCK_CHANNEL)
+                    .val(-fragnet::proto::errno::ECONNABORTED);
+                let mut b = [0u8; fragnet::proto::HDR_LEN];
+                m.emit(&mut b);
+                let _ = Endpoint::send(a, &b);
+                a.flush();
+            }
             *app = None;
             let mut cx = Cx {
                 iface,

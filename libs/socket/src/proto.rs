@@ -60,6 +60,10 @@ pub const OPT_KEEPALIVE_MS: u32 = 2;
 /// IP time-to-live / hop limit.
 pub const OPT_TTL: u32 = 3;
 
+/// `sock` of an [`Op::Error`] about the channel itself: the stack closed
+/// it (the application broke the protocol too often); `val` says why.
+pub const SOCK_CHANNEL: u32 = u32::MAX;
+
 /// `how` for [`Op::Shutdown`] (`aux`): no more sends (a FIN).
 pub const SHUT_WR: u32 = 1;
 

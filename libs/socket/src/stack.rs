@@ -71,6 +71,8 @@ pub(crate) struct St {
     pub bad: u64,
     /// Error completions and error events received.
     pub errors: u64,
+    /// The stack closed the channel (errno).
+    pub closed: Option<i32>,
 }
 
 impl St {
@@ -117,6 +119,10 @@ impl St {
                 if let Some(s) = self.socks.get_mut(&m.sock) {
                     s.eof = true;
                 }
+            }
+            Op::Error if m.sock == crate::proto::SOCK_CHANNEL => {
+                self.errors += 1;
+                self.closed = Some(m.val.saturating_neg());
             }
             Op::Error => {
                 self.errors += 1;
@@ -197,6 +203,7 @@ impl Stack {
                     next_tag: 1,
                     bad: 0,
                     errors: 0,
+                    closed: None,
                 },
                 waiter: Waiter::with_policy(env_policy()),
             })),
@@ -294,6 +301,15 @@ impl AsFd for Stack {
 
 impl Inner {
     pub fn check_up(&self) -> io::Result<()> {
+        if let Some(e) = self.st.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!(
+                    "the stack closed the socket channel: {}",
+                    io::Error::from_raw_os_error(e)
+                ),
+            ));
+        }
         match self.ch.state() {
             State::Up => Ok(()),
             State::Disconnected(why) => Err(down(why)),
@@ -380,14 +396,24 @@ impl Stack {
     /// Sends a request and waits for its completion. Returns the `Done`.
     pub(crate) fn call(&self, m: Msg, payload: &[u8]) -> io::Result<Msg> {
         let mut i = self.inner.borrow_mut();
+        i.check_up()?;
         let tag = i.tag();
         i.send(&m.tag(tag), payload)?;
         i.ch.flush();
         let mut work = true;
+        // The stack answers every request; a connect gives up after 10 s.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             work |= i.pump()? > 0;
             if let Some(d) = i.st.done.remove(&tag) {
                 return Ok(d);
+            }
+            i.check_up()?;
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the stack did not answer a request within 60 s",
+                ));
             }
             i.wait_step(work, Some(Duration::from_millis(100)))?;
             work = false;
@@ -416,6 +442,7 @@ impl Stack {
         let mut i = self.inner.borrow_mut();
         let mut work = i.pump()? > 0;
         loop {
+            i.check_up()?;
             if let Some(r) = ready(&mut i) {
                 // Credit returns and other requests made by `ready` go now.
                 i.ch.flush();
