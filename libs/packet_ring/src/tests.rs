@@ -10,15 +10,24 @@ use proptest::prelude::*;
 use crate::layout::{self, Config};
 use crate::*;
 
-/// A zeroed, page-aligned heap region with guard bytes on both sides.
+/// A zeroed, page-aligned heap region with guard bytes on both sides (no
+/// guards with `PACKET_RING_TEST_EXACT=1`, so that AddressSanitizer sees any
+/// access outside the region itself).
 struct Region {
     base: *mut u8,
     layout: Layout,
     len: usize,
     cfg: Config,
+    guard: usize,
 }
 
-const GUARD: usize = 4096;
+fn guard() -> usize {
+    if std::env::var_os("PACKET_RING_TEST_EXACT").is_some() {
+        0
+    } else {
+        4096
+    }
+}
 const CANARY: u8 = 0xA5;
 
 impl Region {
@@ -28,24 +37,26 @@ impl Region {
 
     fn with_start(cfg: Config, start: u32) -> Region {
         let len = cfg.region_size();
-        let layout = Layout::from_size_align(len + 2 * GUARD, 4096).unwrap();
+        let g = guard();
+        let layout = Layout::from_size_align(len + 2 * g, 4096).unwrap();
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null());
         unsafe {
-            std::ptr::write_bytes(base, CANARY, GUARD);
-            std::ptr::write_bytes(base.add(GUARD + len), CANARY, GUARD);
-            init_region_with_start(base.add(GUARD), len, &cfg, start).unwrap();
+            std::ptr::write_bytes(base, CANARY, g);
+            std::ptr::write_bytes(base.add(g + len), CANARY, g);
+            init_region_with_start(base.add(g), len, &cfg, start).unwrap();
         }
         Region {
             base,
             layout,
             len,
             cfg,
+            guard: g,
         }
     }
 
     fn ptr(&self) -> *mut u8 {
-        unsafe { self.base.add(GUARD) }
+        unsafe { self.base.add(self.guard) }
     }
 
     fn attach(&self, side: Side) -> Endpoint {
@@ -79,8 +90,9 @@ impl Region {
 
     fn guards_intact(&self) -> bool {
         unsafe {
-            let lo = std::slice::from_raw_parts(self.base, GUARD);
-            let hi = std::slice::from_raw_parts(self.base.add(GUARD + self.len), GUARD);
+            let g = self.guard;
+            let lo = std::slice::from_raw_parts(self.base, g);
+            let hi = std::slice::from_raw_parts(self.base.add(g + self.len), g);
             lo.iter().chain(hi).all(|&b| b == CANARY)
         }
     }
@@ -527,7 +539,10 @@ enum Op {
     Scribble(usize, u32),
 }
 
-fn op(ctrl_len: usize, honest: bool) -> impl Strategy<Value = Op> {
+/// Operations of both sides, and (unless `honest`) scribbles by a hostile
+/// peer: any word of the control area, with a bias towards the counters and
+/// the descriptor rings, and towards values near the bounds of `cfg`.
+fn op(cfg: Config, honest: bool) -> impl Strategy<Value = Op> {
     let side = any::<bool>();
     let ops = prop_oneof![
         4 => (side, 0usize..300).prop_map(|(s, l)| Op::Send(s, l)),
@@ -537,20 +552,52 @@ fn op(ctrl_len: usize, honest: bool) -> impl Strategy<Value = Op> {
         1 => side.prop_map(Op::Sleep),
     ];
     if honest {
-        ops.boxed()
-    } else {
-        let value = prop_oneof![
-            any::<u32>(),
-            0u32..20,
-            (0u32..4096).prop_map(|v| v * 64),
-            Just(u32::MAX),
-        ];
-        prop_oneof![
-            8 => ops,
-            2 => ((0..ctrl_len / 4).prop_map(|w| w * 4), value).prop_map(|(o, v)| Op::Scribble(o, v)),
-        ]
-        .boxed()
+        return ops.boxed();
     }
+    let pool = cfg.pool_bytes() as u32;
+    let (buf, slots) = (cfg.buf_size, cfg.ring_slots);
+    let value = prop_oneof![
+        any::<u32>(),
+        0u32..40,
+        (0u32..4096).prop_map(|v| v * 64),
+        prop::sample::select(vec![
+            pool,
+            pool - buf,
+            pool + buf,
+            pool - 1,
+            buf,
+            buf + 1,
+            buf - 1,
+            slots,
+            slots + 1,
+            2 * slots,
+            u32::MAX,
+            u32::MAX - slots,
+        ]),
+    ];
+    let ctrl = cfg.ring_offset(1, true) + cfg.ring_bytes();
+    let rings = cfg.ring_offset(0, false);
+    let counters: Vec<usize> = (0..2)
+        .flat_map(|d| {
+            [
+                layout::ACTIVE_HEAD,
+                layout::ACTIVE_TAIL,
+                layout::FREE_HEAD,
+                layout::FREE_TAIL,
+            ]
+            .map(|w| layout::counter_offset(d, w))
+        })
+        .collect();
+    let offset = prop_oneof![
+        (0..ctrl / 4).prop_map(|w| w * 4),
+        prop::sample::select(counters),
+        (rings / 4..ctrl / 4).prop_map(|w| w * 4),
+    ];
+    prop_oneof![
+        8 => ops,
+        2 => (offset, value).prop_map(|(o, v)| Op::Scribble(o, v)),
+    ]
+    .boxed()
 }
 
 fn prop_config() -> impl Strategy<Value = Config> {
@@ -573,8 +620,7 @@ proptest! {
     #[test]
     fn scribbling_peer_is_contained(
         (cfg, ops) in prop_config().prop_flat_map(|cfg| {
-            let ctrl = cfg.ring_offset(1, true) + cfg.ring_bytes();
-            (Just(cfg), proptest::collection::vec(op(ctrl, false), 1..200))
+            (Just(cfg), proptest::collection::vec(op(cfg, false), 1..200))
         })
     ) {
         let r = Region::new(cfg);
@@ -625,7 +671,7 @@ proptest! {
     #[test]
     fn honest_peers_deliver_in_order(
         (cfg, ops) in prop_config().prop_flat_map(|cfg| {
-            (Just(cfg), proptest::collection::vec(op(0, true), 1..300))
+            (Just(cfg), proptest::collection::vec(op(cfg, true), 1..300))
         })
     ) {
         let r = Region::new(cfg);
@@ -684,5 +730,93 @@ proptest! {
         }
         prop_assert_eq!(a.state(), State::Up);
         prop_assert_eq!(b.state(), State::Up);
+    }
+
+    /// One descriptor in the active ring replaced by the peer: the consumer
+    /// delivers it if and only if it is valid, else reports exactly it.
+    #[test]
+    fn active_descriptor_oracle(
+        (cfg, pending, victim, offset, len) in prop_config().prop_flat_map(|cfg| {
+            let pool = cfg.pool_bytes() as u32;
+            let b = cfg.buf_size;
+            let offset = prop_oneof![
+                any::<u32>(),
+                (0..cfg.bufs + 2).prop_map(move |i| i * b),
+                (0..cfg.bufs + 2).prop_map(move |i| i * b + 1),
+                (0..cfg.bufs + 2).prop_map(move |i| (i * b).wrapping_sub(1)),
+                prop::sample::select(vec![pool, pool + 64, u32::MAX]),
+            ];
+            let len = prop_oneof![0..b + 2, any::<u32>(), Just(u32::MAX)];
+            (Just(cfg), 1..=cfg.bufs, any::<prop::sample::Index>(), offset, len)
+        })
+    ) {
+        let r = Region::new(cfg);
+        let (mut a, mut b) = r.pair();
+        for i in 0..pending {
+            a.send(&[i as u8; 7]).unwrap();
+        }
+        a.flush();
+        let victim = victim.index(pending as usize) as u32;
+        r.slot(0, false, victim).store(offset as u64 | (len as u64) << 32, Ordering::Relaxed);
+        let valid = offset < cfg.pool_bytes() as u32 && offset % cfg.buf_size == 0 && len <= cfg.buf_size;
+        let pool = r.pool(0);
+        let mut got = 0u32;
+        let res = b.recv(64, |f| {
+            let p = f.as_ptr() as usize;
+            assert!(p >= pool.start && p + f.len() <= pool.end, "frame outside the pool");
+            if got == victim {
+                assert_eq!(f.len(), len as usize);
+            } else {
+                assert_eq!(f, &[got as u8; 7]);
+            }
+            got += 1;
+        });
+        if valid {
+            prop_assert_eq!(res, Ok(pending as usize));
+        } else {
+            let why = PeerError::BadDescriptor { offset, len };
+            prop_assert_eq!(res, Err(why));
+            prop_assert_eq!(got, victim);
+            prop_assert_eq!(b.state(), State::Disconnected(why));
+        }
+        prop_assert!(r.guards_intact());
+    }
+
+    /// One descriptor in the free ring replaced by the peer: the producer
+    /// uses it if and only if it is a valid buffer, else reports exactly it.
+    #[test]
+    fn free_descriptor_oracle(
+        (cfg, victim, offset) in prop_config().prop_flat_map(|cfg| {
+            let pool = cfg.pool_bytes() as u32;
+            let b = cfg.buf_size;
+            let offset = prop_oneof![
+                any::<u32>(),
+                (0..cfg.bufs + 2).prop_map(move |i| i * b),
+                (0..cfg.bufs + 2).prop_map(move |i| i * b + 64),
+                prop::sample::select(vec![pool, pool - 1, u32::MAX]),
+            ];
+            (Just(cfg), 0..cfg.bufs, offset)
+        })
+    ) {
+        let r = Region::new(cfg);
+        let (mut a, _b) = r.pair();
+        r.slot(0, true, victim).store(offset as u64, Ordering::Relaxed);
+        let valid = offset < cfg.pool_bytes() as u32 && offset % cfg.buf_size == 0;
+        let pool = r.pool(0);
+        for i in 0..cfg.bufs {
+            let res = a.send_with(cfg.buf_size as usize, |buf| {
+                let p = buf.as_ptr() as usize;
+                assert!(p >= pool.start && p + buf.len() <= pool.end, "buffer outside the pool");
+                buf.fill(0xee);
+                buf.len()
+            });
+            if i == victim && !valid {
+                prop_assert_eq!(res, Err(TxError::Disconnected));
+                prop_assert_eq!(a.state(), State::Disconnected(PeerError::BadFreeDescriptor { offset }));
+                break;
+            }
+            prop_assert_eq!(res, Ok(cfg.buf_size as usize));
+        }
+        prop_assert!(r.guards_intact());
     }
 }
