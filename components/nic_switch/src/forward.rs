@@ -159,6 +159,7 @@ impl<P: PortIo> Switch<P> {
                 self.ports.len() - 1
             }
         };
+        self.filter.name_port(id, label);
         let port = &mut self.ports[id];
         port.io = Some(io);
         port.dirty = false;
@@ -179,6 +180,11 @@ impl<P: PortIo> Switch<P> {
     /// The MAC table.
     pub fn table(&self) -> &MacTable {
         &self.table
+    }
+
+    /// The filter (for the `nft` control verb).
+    pub fn filter_mut(&mut self) -> &mut Filter {
+        &mut self.filter
     }
 
     /// Drop MAC entries older than the aging time.
@@ -203,6 +209,7 @@ impl<P: PortIo> Switch<P> {
         } = self;
         let mut received = 0;
         let delivered_before = delivered_total(ports);
+        filter.tick();
         for i in 0..ports.len() {
             let (before, rest) = ports.split_at_mut(i);
             let (ingress, after) = rest.split_first_mut().expect("i < len");
@@ -213,6 +220,20 @@ impl<P: PortIo> Switch<P> {
             received += io.recv_batch(*batch, |frame| {
                 forward_one(frame, i, counters, before, after, table, filter, now);
             });
+            // Replies to frames a `reject` rule refused go back out of the
+            // port they came in on.
+            if filter.has_replies() {
+                let dirty = &mut ingress.dirty;
+                filter.drain_replies(|reply| match io.send_copy(reply) {
+                    Ok(()) => {
+                        counters.tx_frames += 1;
+                        counters.tx_bytes += reply.len() as u64;
+                        *dirty = true;
+                        true
+                    }
+                    Err(_) => false,
+                });
+            }
             if let Some(reason) = io.violation() {
                 ingress.io = None;
                 ingress.counters.violations += 1;
@@ -257,6 +278,7 @@ impl<P: PortIo> Switch<P> {
             self.table.len(),
             self.table.full_misses
         );
+        self.filter.report(&mut s);
         for p in &self.ports {
             let c = &p.counters;
             let l = &p.label;
@@ -535,6 +557,39 @@ mod tests {
             report.contains("port.nic:p1.drop_no_buffer 1\n"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn filter_drops_per_egress_port_and_rejects_back_to_ingress() {
+        let mut s = switch(3);
+        let r = s.filter_mut().control(
+            &["load".into()],
+            "table bridge sw {\n chain fwd {\n  type filter hook forward priority 0;\n  \
+             oifname \"p1\" ip protocol icmp reject\n }\n}\n",
+        );
+        assert_eq!(r, "ok");
+        // An ICMP echo request from port 0, flooded (destination unknown).
+        let mut echo = frame(0xb, 0xa);
+        echo.truncate(14 + 28);
+        echo[12..14].copy_from_slice(&[8, 0]);
+        echo[14] = 0x45;
+        echo[16..18].copy_from_slice(&28u16.to_be_bytes());
+        echo[22] = 64;
+        echo[23] = 1;
+        echo[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        echo[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        echo[34] = 8;
+        io(&mut s, 0).rx.push_back(echo);
+        s.poll(0, |_| {});
+        // Port 1 refused it, port 2 got it, port 0 got the ICMP error back.
+        assert_eq!(io(&mut s, 1).tx.len(), 0);
+        assert_eq!(s.ports[1].counters.dropped(DropReason::Filtered), 1);
+        assert_eq!(io(&mut s, 2).tx.len(), 1);
+        let back = &io(&mut s, 0).tx;
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0][..6], [2, 0, 0, 0, 0, 0xa]);
+        assert_eq!(back[0][23], 1, "an ICMP reply");
+        assert!(s.report().contains("filter_rejects_sent 1\n"));
     }
 
     #[test]

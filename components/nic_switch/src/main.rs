@@ -200,7 +200,13 @@ fn serve_control(
                     }
                 }
             }
-            "nft" => c.reply("error\nnot supported yet")?,
+            "nft" => {
+                let reply = switch.filter_mut().control(&msg.args, &msg.body);
+                if let Some(e) = reply.strip_prefix("error\n") {
+                    warn!("nft {}: {e}", msg.args.join(" "));
+                }
+                c.reply(&reply)?
+            }
             "shutdown" => {
                 c.reply("ok")?;
                 info!("shutdown requested");
