@@ -447,6 +447,7 @@ impl Ruleset {
                 Verdict::Goto(c) => Target::Goto(resolve(c, r.pos)?),
             })
         };
+        let start = self.ops.len();
         for (si, s) in r.stmts.iter().enumerate() {
             match s {
                 Stmt::Match(m) => {
@@ -454,10 +455,10 @@ impl Ruleset {
                     if uses_ct(m.field) {
                         self.uses_ct = true;
                     }
-                    if t.family == Family::Bridge && m.field == Field::MetaNfproto {
+                    if t.family != Family::Inet && m.field == Field::MetaNfproto {
                         return Err(cerr(
                             r.pos,
-                            "meta nfproto is not supported in bridge tables".into(),
+                            "meta nfproto is only useful in the inet family".into(),
                         ));
                     }
                     let neg = m.op == CmpOp::Ne;
@@ -544,29 +545,83 @@ impl Ruleset {
                 Stmt::Verdict(v) => {
                     // `reject with tcp reset` implies `meta l4proto tcp`;
                     // `reject with icmp(v6)` implies the IP version in inet
-                    // and bridge tables (nft adds these dependencies).
-                    match v {
-                        Verdict::Reject(RejectWith::TcpReset) => self.push_cmp(Cmp {
-                            field: Field::MetaL4proto,
-                            mask: 0xff,
+                    // and bridge tables. nft puts these dependencies at the
+                    // start of the rule (a counter before `reject` does not
+                    // count packets of the other family), and so do we.
+                    let (dep_field, dep_value) = match (v, t.family) {
+                        (Verdict::Reject(RejectWith::TcpReset), _) => (Some(Field::MetaL4proto), 6),
+                        (Verdict::Reject(RejectWith::Icmp(_)), Family::Inet) => {
+                            (Some(Field::MetaNfproto), 2)
+                        }
+                        (Verdict::Reject(RejectWith::Icmpv6(_)), Family::Inet) => {
+                            (Some(Field::MetaNfproto), 10)
+                        }
+                        (Verdict::Reject(RejectWith::Icmp(_)), Family::Bridge) => {
+                            (Some(Field::EtherType), 0x0800)
+                        }
+                        (Verdict::Reject(RejectWith::Icmpv6(_)), Family::Bridge) => {
+                            (Some(Field::EtherType), 0x86dd)
+                        }
+                        _ => (None, 0),
+                    };
+                    // No dependency when an earlier match already fixes
+                    // the protocol (nft then relies on that match).
+                    let fixes = |_: Field| -> bool {
+                        r.stmts.iter().any(|s| match s {
+                            Stmt::Match(m) => match dep_value {
+                                6 => {
+                                    matches!(
+                                        m.field,
+                                        Field::TcpSport | Field::TcpDport | Field::TcpFlags
+                                    ) || (matches!(
+                                        m.field,
+                                        Field::MetaL4proto | Field::IpProtocol | Field::Ip6Nexthdr
+                                    ) && matches!(m.op, CmpOp::Implicit | CmpOp::Eq)
+                                        && m.rhs == Rhs::Elem(Elem::Value(6)))
+                                }
+                                2 | 10 | 0x0800 | 0x86dd
+                                    if m.field == Field::MetaNfproto
+                                        && matches!(m.op, CmpOp::Implicit | CmpOp::Eq)
+                                        && m.rhs
+                                            == Rhs::Elem(Elem::Value(
+                                                if matches!(dep_value, 2 | 0x0800) {
+                                                    2
+                                                } else {
+                                                    10
+                                                },
+                                            )) =>
+                                {
+                                    true
+                                }
+                                2 | 0x0800 => {
+                                    matches!(
+                                        m.field,
+                                        Field::IpSaddr
+                                            | Field::IpDaddr
+                                            | Field::IpProtocol
+                                            | Field::IpLength
+                                            | Field::IpTtl
+                                            | Field::IcmpType
+                                            | Field::IcmpCode
+                                    )
+                                }
+                                _ => matches!(
+                                    m.field,
+                                    Field::Ip6Saddr | Field::Ip6Daddr | Field::Ip6Nexthdr
+                                ),
+                            },
+                            _ => false,
+                        })
+                    };
+                    if let Some(field) = dep_field.filter(|f| !fixes(*f)) {
+                        self.push_cmp(Cmp {
+                            field,
+                            mask: field.data_type().full_mask(),
                             neg: false,
-                            test: Test::Eq(6),
-                        }),
-                        Verdict::Reject(RejectWith::Icmp(_)) if t.family != Family::Ip => self
-                            .push_cmp(Cmp {
-                                field: Field::MetaNfproto,
-                                mask: 0xff,
-                                neg: false,
-                                test: Test::Eq(2),
-                            }),
-                        Verdict::Reject(RejectWith::Icmpv6(_)) if t.family != Family::Ip6 => self
-                            .push_cmp(Cmp {
-                                field: Field::MetaNfproto,
-                                mask: 0xff,
-                                neg: false,
-                                test: Test::Eq(10),
-                            }),
-                        _ => {}
+                            test: Test::Eq(dep_value),
+                        });
+                        let dep = self.ops.pop().expect("just pushed");
+                        self.ops.insert(start, dep);
                     }
                     let tg = target(v, self)?;
                     self.ops.push(Op::Verdict(tg));

@@ -476,6 +476,38 @@ mod tests {
     }
 
     #[test]
+    fn ether_fields_at_stack_input() {
+        let mut f = filter("table inet t { chain i { type filter hook input priority 0; policy accept; ether saddr 02:00:00:00:00:66 meta length 32 counter drop }\n chain o { type filter hook output priority 0; policy accept; ether saddr 02:00:00:00:00:66 drop } }");
+        let ip = ipv4(A, B, 17, 64, udp(1, 7, b"abcd"));
+        let fr = ether([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 0x66], 0x0800, &ip);
+        assert_eq!(
+            f.evaluate(
+                Hook::Input,
+                LinkType::Ethernet,
+                &fr,
+                &PacketMeta::default(),
+                0
+            ),
+            Verdict::Drop
+        );
+        assert_eq!(
+            f.evaluate(
+                Hook::Output,
+                LinkType::Ethernet,
+                &fr,
+                &PacketMeta::default(),
+                0
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(
+            f.evaluate(Hook::Input, LinkType::Ip, &ip, &PacketMeta::default(), 0),
+            Verdict::Accept
+        );
+        assert_eq!(counters(&f), [(1, 32)]);
+    }
+
+    #[test]
     fn meta_fields_and_ipv6() {
         let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n iifname \"fn0\" meta mark 0x00000007 drop\n ip6 saddr fe80::/10 meta l4proto udp meta nfproto ipv6 counter drop\n } }");
         let mut meta = PacketMeta {

@@ -287,9 +287,11 @@ impl Filter {
         self.ct.stats()
     }
 
-    /// Filters one packet at `hook`. `packet` is an IPv4/IPv6 packet for
-    /// `LinkType::Ip` (stacks) or an Ethernet frame for `LinkType::Ethernet`
-    /// (switch). `now_ns` is a monotonic clock in nanoseconds (conntrack
+    /// Filters one packet at `hook`. `packet` is an IPv4/IPv6 packet
+    /// (`LinkType::Ip`) or an Ethernet frame (`LinkType::Ethernet`). At
+    /// `Hook::Forward` a frame runs the bridge chains (switch); at
+    /// `Input`/`Output` the inet/ip/ip6 chains run on the IP packet (stack),
+    /// and a frame given at input also makes `ether` fields available. `now_ns` is a monotonic clock in nanoseconds (conntrack
     /// timeouts, limits). No allocation, no system call.
     pub fn evaluate(
         &mut self,
@@ -299,11 +301,24 @@ impl Filter {
         meta: &PacketMeta,
         now_ns: u64,
     ) -> Verdict {
-        let view = View::parse(packet, link);
-        let proto = match (link, view.ipver) {
-            (LinkType::Ethernet, _) => Proto::Ether,
-            (LinkType::Ip, 4) => Proto::V4,
-            (LinkType::Ip, 6) => Proto::V6,
+        let mut view = View::parse(packet, link);
+        let proto = match (link, hook, view.ipver) {
+            // A switch: bridge chains see the whole frame.
+            (LinkType::Ethernet, Hook::Forward, _) => Proto::Ether,
+            // A stack: IP chains; given the frame, `ether` fields work at
+            // input (the kernel reads the received MAC header) but not at
+            // output (no link header yet), and lengths are IP lengths.
+            (_, _, 4 | 6) => {
+                view.len = (view.l3_end - view.l3) as u32;
+                if hook == Hook::Output {
+                    view.l2 = false;
+                }
+                if view.ipver == 4 {
+                    Proto::V4
+                } else {
+                    Proto::V6
+                }
+            }
             // Not an IP packet: no IP hook would see it.
             _ => return Verdict::Accept,
         };

@@ -249,6 +249,34 @@ mod tests {
     }
 
     #[test]
+    fn ethernet_and_ipv6_replies() {
+        let ip = ipv6(
+            0x2001_0db8u128 << 96 | 1,
+            0x2001_0db8u128 << 96 | 2,
+            17,
+            udp(5, 9, b"x"),
+        );
+        let frame = ether([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], 0x86dd, &ip);
+        let mut out = [0u8; MAX_REPLY];
+        let n = build_reply(&frame, LinkType::Ethernet, RejectWith::Default, &mut out).unwrap();
+        let r = &out[..n];
+        assert_eq!(&r[0..6], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&r[6..12], &[2, 0, 0, 0, 0, 2]);
+        assert_eq!(&r[12..14], &[0x86, 0xdd]);
+        let v6 = &r[14..];
+        assert_eq!((v6[6], v6[40], v6[41]), (58, 1, 4));
+        assert_eq!(&v6[24..40], &ip[8..24]);
+        assert_eq!(&v6[48..], &ip[..]);
+        // ICMPv6 checksum over the pseudo-header.
+        let mut init = 0u32;
+        for c in v6[8..40].chunks(2) {
+            init += (c[0] as u32) << 8 | c[1] as u32;
+        }
+        init += 58 + (v6.len() - 40) as u32;
+        assert_eq!(csum(&v6[40..], init), 0);
+    }
+
+    #[test]
     fn tcp_reset_fields() {
         let syn = ipv4(
             [10, 0, 0, 1],

@@ -99,7 +99,32 @@ pub fn icmp(ty: u8, code: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     i
 }
 
-pub fn ipv6(src: u128, dst: u128, nh: u8, l4: Vec<u8>) -> Vec<u8> {
+/// An IPv6 packet around an L4 payload; fixes the TCP/UDP/ICMPv6 checksum.
+pub fn ipv6(src: u128, dst: u128, nh: u8, mut l4: Vec<u8>) -> Vec<u8> {
+    let ck = match nh {
+        6 => Some(16),
+        17 => Some(6),
+        58 => Some(2),
+        _ => None,
+    };
+    if let Some(o) = ck {
+        l4[o] = 0;
+        l4[o + 1] = 0;
+        let mut init = 0u32;
+        for c in src
+            .to_be_bytes()
+            .chunks(2)
+            .chain(dst.to_be_bytes().chunks(2))
+        {
+            init += (c[0] as u32) << 8 | c[1] as u32;
+        }
+        init += nh as u32 + l4.len() as u32;
+        let mut c = csum(&l4, init);
+        if nh == 17 && c == 0 {
+            c = 0xffff;
+        }
+        l4[o..o + 2].copy_from_slice(&c.to_be_bytes());
+    }
     let mut p = alloc::vec![0x60, 0, 0, 0];
     p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
     p.push(nh);

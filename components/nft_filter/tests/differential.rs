@@ -195,6 +195,7 @@ fn drain(tap: &mut File, wait: Duration) -> Vec<Vec<u8>> {
 #[derive(Default)]
 struct Hints {
     saddrs: Vec<u32>,
+    saddrs6: Vec<u128>,
     ports: Vec<u16>,
 }
 
@@ -211,6 +212,8 @@ struct Gen<'r> {
     h: Hints,
     regular: Vec<String>,
     tap: String,
+    /// An inet table: IPv6 and `meta nfproto` matches are allowed.
+    inet: bool,
 }
 
 impl Gen<'_> {
@@ -296,9 +299,58 @@ impl Gen<'_> {
         }
     }
 
-    fn matcher(&mut self, proto: &mut Option<&'static str>) -> String {
+    /// A match that fits the rule's protocols so far (nft refuses
+    /// conflicting ones, e.g. `ip saddr …` and `ip6 saddr …` in one rule).
+    fn matcher(&mut self, proto: &mut Option<&'static str>, l3: &mut Option<u8>) -> String {
         loop {
-            let k = self.r.below(16);
+            let mut p2 = *proto;
+            let m = self.matcher_inner(&mut p2);
+            let want = if m.starts_with("ip6 ")
+                || m.contains("nfproto ipv6")
+                || m.starts_with("ether type ip6")
+            {
+                Some(6)
+            } else if m.starts_with("ip ")
+                || m.starts_with("icmp ")
+                || m.contains("nfproto ipv4")
+                || m == "ether type ip"
+            {
+                Some(4)
+            } else {
+                None
+            };
+            if want.is_some() && l3.is_some() && want != *l3 {
+                continue;
+            }
+            if want.is_some() {
+                *l3 = want;
+            }
+            *proto = p2;
+            return m;
+        }
+    }
+
+    fn prefix6(&mut self) -> (u128, u8) {
+        let len = *self.r.pick(&[16u8, 32, 48, 64, 96, 120, 127, 128]);
+        let a = 0xfd01u128 << 112
+            | (self.r.next() as u128) << 48
+            | self.r.next() as u128 & 0xffff_ffff_ffff;
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        let net = a & mask;
+        let last = net | !mask;
+        for x in [net.wrapping_sub(1), net, last, last.wrapping_add(1)] {
+            self.h.saddrs6.push(x);
+        }
+        (net, len)
+    }
+
+    fn matcher_inner(&mut self, proto: &mut Option<&'static str>) -> String {
+        loop {
+            let k = self.r.below(21);
             let m = match k {
                 0 => {
                     let (n, l) = self.prefix();
@@ -449,13 +501,68 @@ impl Gen<'_> {
                     }
                 }
                 14 => "ip saddr @srcs".to_string(),
+                16 | 17 if self.inet => {
+                    let op = self.op();
+                    if self.r.chance(60) {
+                        let (n, l) = self.prefix6();
+                        format!("ip6 saddr {op}{}/{l}", std::net::Ipv6Addr::from(n))
+                    } else {
+                        let (n, _) = self.prefix6();
+                        let b = n + self.r.below(100_000) as u128;
+                        self.h.saddrs6.extend([b, b + 1]);
+                        format!(
+                            "ip6 saddr {op}{}-{}",
+                            std::net::Ipv6Addr::from(n),
+                            std::net::Ipv6Addr::from(b)
+                        )
+                    }
+                }
+                18 if self.inet => {
+                    let op = self.op();
+                    let d = self
+                        .r
+                        .pick(&[
+                            "fd00:200::1",
+                            "fd00:200::5",
+                            "fd00:200::/64",
+                            "fd00:200::4/126",
+                            "{ fd00:200::5, fd00:200::9 }",
+                        ])
+                        .to_string();
+                    format!("ip6 daddr {op}{d}")
+                }
+                19 => self
+                    .r
+                    .pick(&[
+                        "ether saddr 02:00:00:00:00:02",
+                        "ether saddr != 02:00:00:00:00:99",
+                        "ether daddr 02:00:00:00:00:01",
+                        "ether type ip",
+                        "ether type ip6",
+                    ])
+                    .to_string(),
+                20 if self.inet => {
+                    if self.r.chance(50) {
+                        self.r
+                            .pick(&["meta nfproto ipv4", "meta nfproto ipv6"])
+                            .to_string()
+                    } else {
+                        if proto.is_some() {
+                            continue;
+                        }
+                        let p = *self.r.pick(&["tcp", "udp", "ipv6-icmp"]);
+                        *proto = Some(if p == "ipv6-icmp" { "set" } else { p });
+                        format!("ip6 nexthdr {p}")
+                    }
+                }
+                16..=20 => continue,
                 _ => "meta mark 0x00000000".to_string(),
             };
             return m;
         }
     }
 
-    fn verdict(&mut self, level: usize, proto: Option<&str>) -> String {
+    fn verdict(&mut self, level: usize, proto: Option<&str>, l3: Option<u8>) -> String {
         let jumpable: Vec<String> = self.regular.iter().skip(level).cloned().collect();
         loop {
             match self.r.below(20) {
@@ -469,7 +576,11 @@ impl Gen<'_> {
                 14 => return "return".into(),
                 15 => return "reject".into(),
                 16 if proto == Some("tcp") => return "reject with tcp reset".into(),
-                17 => return "reject with icmp type host-unreachable".into(),
+                17 if l3 != Some(6) => return "reject with icmp type host-unreachable".into(),
+                19 if self.inet && l3 != Some(4) => {
+                    return "reject with icmpv6 type admin-prohibited".into()
+                }
+                19 if self.inet => return "reject with icmpx type admin-prohibited".into(),
                 18 if !jumpable.is_empty() && matches!(proto, None | Some("tcp")) => {
                     let c = self.r.pick(&jumpable).clone();
                     let p1 = self.port();
@@ -487,6 +598,7 @@ impl Gen<'_> {
     fn rule(&mut self, level: usize) -> String {
         let mut parts = Vec::new();
         let mut proto = None;
+        let mut l3 = None;
         let n = self.r.below(4);
         let counter_at = if self.r.chance(75) {
             Some(self.r.below(n + 1))
@@ -498,10 +610,10 @@ impl Gen<'_> {
                 parts.push("counter".to_string());
             }
             if i < n {
-                parts.push(self.matcher(&mut proto));
+                parts.push(self.matcher(&mut proto, &mut l3));
             }
         }
-        let v = self.verdict(level, proto);
+        let v = self.verdict(level, proto, l3);
         if !v.is_empty() {
             parts.push(v);
         }
@@ -512,7 +624,8 @@ impl Gen<'_> {
     }
 
     fn ruleset(&mut self) -> String {
-        let family = *self.r.pick(&["ip", "inet"]);
+        let family = *self.r.pick(&["ip", "inet", "inet"]);
+        self.inet = family == "inet";
         let nreg = self.r.below(4) as usize;
         self.regular = (0..nreg).map(|i| format!("r{i}")).collect();
         let mut s = String::new();
@@ -560,7 +673,7 @@ impl Gen<'_> {
     }
 }
 
-const OBSERVER: &str = "table ip zzobs {\n\tchain pre {\n\t\ttype filter hook input priority -1000; policy accept;\n\t\tcounter\n\t}\n\tchain post {\n\t\ttype filter hook input priority 1000; policy accept;\n\t\tcounter\n\t}\n}\n";
+const OBSERVER: &str = "table inet zzobs {\n\tchain pre {\n\t\ttype filter hook input priority -1000; policy accept;\n\t\tcounter\n\t}\n\tchain post {\n\t\ttype filter hook input priority 1000; policy accept;\n\t\tcounter\n\t}\n}\n";
 
 /// Counters per (table, chain) from `nft list ruleset` text.
 fn kernel_counters(text: &str) -> HashMap<(String, String), Vec<(u64, u64)>> {
@@ -605,25 +718,96 @@ fn our_counters(f: &Filter) -> HashMap<(String, String), Vec<(u64, u64)>> {
 
 // ---------------------------------------------------------------- packets
 
+const LOCAL6: u128 = 0xfd00_0200u128 << 96 | 1;
+const LOCAL6_2: u128 = 0xfd00_0200u128 << 96 | 5;
+
+/// A peer address of either family.
+#[derive(Clone, Copy, Debug)]
+enum Addr {
+    V4([u8; 4]),
+    V6(u128),
+}
+
+impl Addr {
+    fn local(self, second: bool) -> Addr {
+        match (self, second) {
+            (Addr::V4(_), false) => Addr::V4(LOCAL),
+            (Addr::V4(_), true) => Addr::V4(LOCAL2),
+            (Addr::V6(_), false) => Addr::V6(LOCAL6),
+            (Addr::V6(_), true) => Addr::V6(LOCAL6_2),
+        }
+    }
+}
+
+/// An IP packet from `src` to `dst` (same family); `proto` 1 means the
+/// family's ICMP.
+fn ip(src: Addr, dst: Addr, proto: u8, ttl: u8, l4: Vec<u8>) -> Vec<u8> {
+    match (src, dst) {
+        (Addr::V4(s), Addr::V4(d)) => ipv4(s, d, proto, ttl, l4),
+        (Addr::V6(s), Addr::V6(d)) => {
+            let mut p = ipv6(s, d, if proto == 1 { 58 } else { proto }, l4);
+            p[7] = ttl;
+            p
+        }
+        _ => unreachable!("mixed families"),
+    }
+}
+
+/// (version, transport protocol, transport offset) of a packet we built or
+/// the kernel sent (no IPv6 extension headers in either).
+fn l3(p: &[u8]) -> (u8, u8, usize) {
+    if p[0] >> 4 == 4 {
+        (4, p[9], (p[0] & 15) as usize * 4)
+    } else {
+        (6, p[6], 40)
+    }
+}
+
+fn addrs(p: &[u8]) -> (&[u8], &[u8]) {
+    if p[0] >> 4 == 4 {
+        (&p[12..16], &p[16..20])
+    } else {
+        (&p[8..24], &p[24..40])
+    }
+}
+
+fn dport(p: &[u8]) -> u16 {
+    let (_, _, o) = l3(p);
+    u16::from_be_bytes([p[o + 2], p[o + 3]])
+}
+
 /// One step of the packet script.
 enum Step {
     Raw(Vec<u8>),
     /// Complete the handshake of the flow from `sport` to the listener,
-    /// acknowledging the SYN-ACK the kernel sent (if any), then send data.
+    /// acknowledging the SYN-ACK the kernel sent (if any), with data.
     TcpAck {
-        src: [u8; 4],
+        src: Addr,
         sport: u16,
         seq: u32,
     },
-    /// An ICMP port-unreachable from the peer quoting the last UDP packet
-    /// the kernel sent to `dport`.
+    /// A port-unreachable from the peer quoting the last UDP packet the
+    /// kernel sent to `dport` (related to the flow).
     IcmpErrorForUdp {
-        peer: [u8; 4],
+        peer: Addr,
         dport: u16,
     },
 }
 
-fn rand_src(r: &mut Rng, h: &Hints) -> [u8; 4] {
+fn rand_src(r: &mut Rng, h: &Hints) -> Addr {
+    if r.chance(35) {
+        let a = if !h.saddrs6.is_empty() && r.chance(80) {
+            *r.pick(&h.saddrs6)
+        } else {
+            0xfd01u128 << 112 | (r.next() as u128) << 32 | r.next() as u128 & 0xffff
+        };
+        // Never on-link (the kernel would need neighbour discovery).
+        return Addr::V6(if a >> 112 != 0xfd01 {
+            0xfd01u128 << 112 | 7
+        } else {
+            a
+        });
+    }
     let a = if !h.saddrs.is_empty() && r.chance(80) {
         *r.pick(&h.saddrs)
     } else {
@@ -634,7 +818,7 @@ fn rand_src(r: &mut Rng, h: &Hints) -> [u8; 4] {
     } else {
         a
     };
-    a.to_be_bytes()
+    Addr::V4(a.to_be_bytes())
 }
 
 fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
@@ -648,7 +832,8 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
     };
     while steps.len() < n {
         let src = rand_src(r, h);
-        let dst = if r.chance(80) { LOCAL } else { LOCAL2 };
+        let v6 = matches!(src, Addr::V6(_));
+        let dst = src.local(r.chance(20));
         let ttl = *r.pick(&[64u8, 64, 63, 65, 1, 255]);
         let port = |r: &mut Rng| {
             if !h.ports.is_empty() && r.chance(85) {
@@ -658,6 +843,7 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
             }
         };
         let payload = vec![0x61u8; *r.pick(&[0usize, 0, 1, 4, 12, 40])];
+        let (echo, echo_reply) = if v6 { (128u8, 129u8) } else { (8, 0) };
         match r.below(10) {
             0..=2 => {
                 let flags =
@@ -667,7 +853,7 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
                 } else {
                     (fresh(r), port(r))
                 };
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
                     dst,
                     6,
@@ -688,7 +874,7 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
                 } else {
                     (fresh(r), port(r))
                 };
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
                     dst,
                     17,
@@ -697,9 +883,17 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
                 )));
             }
             5 => {
-                let ty = *r.pick(&[8u8, 8, 0, 3, 13]);
+                let ty = *r.pick(&[
+                    echo,
+                    echo,
+                    echo_reply,
+                    if v6 { 1 } else { 3 },
+                    if v6 { 135 } else { 13 },
+                ]);
                 let id = fresh(r);
-                steps.push(Step::Raw(ipv4(
+                // ICMPv6 neighbour discovery needs hop limit 255.
+                let ttl = if ty == 135 { 255 } else { ttl };
+                steps.push(Step::Raw(ip(
                     src,
                     dst,
                     1,
@@ -708,25 +902,30 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
                 )));
             }
             6 => {
-                // ICMP echo twice: the second is established if the kernel replied.
+                // Echo twice: the second is established if the kernel replied.
                 let id = fresh(r);
-                let p = ipv4(src, dst, 1, ttl, icmp(8, 0, id, 1, b"ping"));
-                steps.push(Step::Raw(p.clone()));
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
                     dst,
                     1,
                     ttl,
-                    icmp(8, 0, id, 2, b"ping"),
+                    icmp(echo, 0, id, 1, b"ping"),
+                )));
+                steps.push(Step::Raw(ip(
+                    src,
+                    dst,
+                    1,
+                    ttl,
+                    icmp(echo, 0, id, 2, b"ping"),
                 )));
             }
             7 => {
                 // TCP handshake with the listener, then data.
                 let sport = fresh(r);
                 let seq = r.next() as u32;
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
-                    LOCAL,
+                    src.local(false),
                     6,
                     64,
                     tcp(sport, TCP_LISTEN, 0x02, seq, 0, &[]),
@@ -734,19 +933,19 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
                 steps.push(Step::TcpAck { src, sport, seq });
             }
             8 => {
-                // UDP exchange with the echo socket, the same again, and an
-                // ICMP error quoting the echo's reply (related).
+                // UDP exchange with the echo socket, again, and an ICMP error
+                // quoting the echo's reply (related).
                 let sport = fresh(r);
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
-                    LOCAL,
+                    src.local(false),
                     17,
                     64,
                     udp(sport, UDP_ECHO, b"hello"),
                 )));
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
-                    LOCAL,
+                    src.local(false),
                     17,
                     64,
                     udp(sport, UDP_ECHO, b"again"),
@@ -760,14 +959,14 @@ fn script(r: &mut Rng, h: &Hints, n: usize) -> Vec<Step> {
                 // SYN to a closed port, answered by RST; then SYN again.
                 let sport = fresh(r);
                 let dport = 7000 + r.below(100) as u16;
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
                     dst,
                     6,
                     64,
                     tcp(sport, dport, 0x02, 1000, 0, &[]),
                 )));
-                steps.push(Step::Raw(ipv4(
+                steps.push(Step::Raw(ip(
                     src,
                     dst,
                     6,
@@ -801,42 +1000,45 @@ impl Drop for Listeners {
     }
 }
 
+/// A TCP listener and a UDP echo socket per local address.
 fn listeners(ns: &Netns) -> Listeners {
     let stop = Arc::new(AtomicBool::new(false));
-    let (s1, s2) = (stop.clone(), stop.clone());
-    let t1 = ns.spawn(move || {
-        let l = std::net::TcpListener::bind(("10.200.0.1", TCP_LISTEN)).expect("bind tcp");
-        l.set_nonblocking(true).unwrap();
-        let mut conns = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while !s1.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((c, _)) = l.accept() {
-                conns.push(c);
+    let mut threads = Vec::new();
+    for addr in ["10.200.0.1", "fd00:200::1"] {
+        let s1 = stop.clone();
+        threads.push(ns.spawn(move || {
+            let l = std::net::TcpListener::bind((addr, TCP_LISTEN)).expect("bind tcp");
+            l.set_nonblocking(true).unwrap();
+            let mut conns = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s1.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((c, _)) = l.accept() {
+                    conns.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
-    let t2 = ns.spawn(move || {
-        let u = std::net::UdpSocket::bind(("10.200.0.1", UDP_ECHO)).expect("bind udp");
-        u.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let mut buf = [0u8; 2048];
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while !s2.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((n, from)) = u.recv_from(&mut buf) {
-                let _ = u.send_to(&buf[..n], from);
+        }));
+        let s2 = stop.clone();
+        threads.push(ns.spawn(move || {
+            let u = std::net::UdpSocket::bind((addr, UDP_ECHO)).expect("bind udp");
+            u.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((n, from)) = u.recv_from(&mut buf) {
+                    let _ = u.send_to(&buf[..n], from);
+                }
             }
-        }
-    });
-    Listeners {
-        stop,
-        threads: vec![t1, t2],
+        }));
     }
+    Listeners { stop, threads }
 }
 
 #[derive(Default)]
 struct Tally {
     rulesets: usize,
     packets: usize,
+    packets_v6: usize,
     not_reached: usize,
     accepted: usize,
     dropped: usize,
@@ -856,6 +1058,7 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
         h: Hints::default(),
         regular: Vec::new(),
         tap: tap_name.clone(),
+        inet: false,
     };
     let text = g.ruleset();
     let hints = std::mem::take(&mut g.h);
@@ -864,12 +1067,15 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
         &[
             "sysctl",
             "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv6.conf.all.accept_ra=0",
+            "net.ipv6.conf.default.accept_ra=0",
+            "net.ipv6.conf.default.router_solicitations=0",
+            "net.ipv6.conf.default.accept_dad=0",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
             "net.ipv4.icmp_ratelimit=0",
             "net.ipv4.icmp_msgs_per_sec=100000",
+            "net.ipv6.icmp.ratelimit=0",
             "net.ipv4.conf.all.accept_local=1",
         ],
         None,
@@ -878,7 +1084,12 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
     let tn = tap_name.clone();
     let mut tap = ns.spawn(move || open_tap(&tn)).join().expect("tap thread");
     let batch = format!(
-        "link set lo up\nlink set {tap_name} address 02:00:00:00:00:01\nlink set {tap_name} up\naddr add 10.200.0.1/24 dev {tap_name}\naddr add 10.200.0.5/32 dev {tap_name}\nneigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev {tap_name} nud permanent\nroute add default via 10.200.0.2\n"
+        "link set lo up\nlink set {tap_name} address 02:00:00:00:00:01\nlink set {tap_name} up\n\
+         addr add 10.200.0.1/24 dev {tap_name}\naddr add 10.200.0.5/32 dev {tap_name}\n\
+         addr add fd00:200::1/64 dev {tap_name} nodad\naddr add fd00:200::5/128 dev {tap_name} nodad\n\
+         neigh add 10.200.0.2 lladdr 02:00:00:00:00:02 dev {tap_name} nud permanent\n\
+         neigh add fd00:200::2 lladdr 02:00:00:00:00:02 dev {tap_name} nud permanent\n\
+         route add default via 10.200.0.2\nroute add ::/0 via fd00:200::2\n"
     );
     run("ip", &["-n", &ns.name, "-batch", "-"], Some(&batch)).expect("ip batch");
     let _l = listeners(&ns);
@@ -898,23 +1109,23 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
     };
     let epoch = Instant::now();
     let now = || epoch.elapsed().as_nanos() as u64 + 1;
-    // Early kernel chatter (none expected with IPv6 off) is drained.
-    for fr in drain(&mut tap, Duration::from_millis(5)) {
+    // Link-up chatter (MLD reports) goes through our output hook too.
+    for fr in drain(&mut tap, Duration::from_millis(20)) {
         feed_output(&mut f, &fr, now());
     }
     let steps = script(g.r, &hints, npackets);
     let mut reached = 0u64;
     let mut accepted_k = 0u64;
-    let mut last_synack: HashMap<u16, (u32, u32)> = HashMap::new();
+    let mut last_synack: HashMap<u16, u32> = HashMap::new();
     let mut last_udp_out: HashMap<u16, Vec<u8>> = HashMap::new();
     t.rulesets += 1;
     for (i, step) in steps.iter().enumerate() {
         let pkt = match step {
             Step::Raw(p) => p.clone(),
             Step::TcpAck { src, sport, seq } => match last_synack.get(sport) {
-                Some(&(kseq, _)) => ipv4(
+                Some(&kseq) => ip(
                     *src,
-                    LOCAL,
+                    src.local(false),
                     6,
                     64,
                     tcp(
@@ -929,18 +1140,32 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
                 None => continue,
             },
             Step::IcmpErrorForUdp { peer, dport } => match last_udp_out.get(dport) {
-                Some(q) => ipv4(
-                    *peer,
-                    LOCAL,
-                    1,
-                    64,
-                    icmp(3, 3, 0, 0, &q[..q.len().min(28 + 8)]),
-                ),
+                Some(q) => {
+                    let (ty, code, keep) = if matches!(peer, Addr::V4(_)) {
+                        (3, 3, 28 + 8)
+                    } else {
+                        (1, 4, 48 + 8)
+                    };
+                    ip(
+                        *peer,
+                        peer.local(false),
+                        1,
+                        64,
+                        icmp(ty, code, 0, 0, &q[..q.len().min(keep)]),
+                    )
+                }
                 None => continue,
             },
         };
-        let ours = f.evaluate(Hook::Input, LinkType::Ip, &pkt, &meta, now());
-        let frame = ether(TAP_MAC, PEER_MAC, 0x0800, &pkt);
+        let (ver, _, _) = l3(&pkt);
+        let frame = ether(
+            TAP_MAC,
+            PEER_MAC,
+            if ver == 4 { 0x0800 } else { 0x86dd },
+            &pkt,
+        );
+        // The frame, so that `ether` matches see the MAC header as the kernel does.
+        let ours = f.evaluate(Hook::Input, LinkType::Ethernet, &frame, &meta, now());
         tap.write_all(&frame).expect("tap write");
         // Wait until the kernel's input hook saw it.
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -965,7 +1190,7 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
             std::thread::sleep(Duration::from_millis(1));
         };
         if pre == reached {
-            // The kernel dropped it before the input hook (routing); nothing to compare.
+            // The kernel dropped it before the input hook; nothing to compare.
             t.not_reached += 1;
             continue;
         }
@@ -973,6 +1198,7 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
         let kernel_accepted = post > accepted_k;
         accepted_k = post;
         t.packets += 1;
+        t.packets_v6 += (ver == 6) as usize;
         match ours {
             Verdict::Accept => t.accepted += 1,
             Verdict::Drop => t.dropped += 1,
@@ -997,8 +1223,13 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
             }
         }
         // Replies the kernel sent; expected ones get time to arrive.
-        let expect_reply = ours == Verdict::Accept
-            && (matches!(step, Step::Raw(p) if (p[9] == 1 && p[20] == 8) || (p[9] == 17 && u16::from_be_bytes([p[22], p[23]]) == UDP_ECHO) || (p[9] == 6 && u16::from_be_bytes([p[22], p[23]]) == TCP_LISTEN)))
+        let (_, proto, o) = l3(&pkt);
+        let expect_reply = (ours == Verdict::Accept
+            && matches!(step, Step::Raw(_))
+            && ((proto == 1 && pkt[o] == 8)
+                || (proto == 58 && pkt[o] == 128)
+                || (proto == 17 && dport(&pkt) == UDP_ECHO)
+                || (proto == 6 && dport(&pkt) == TCP_LISTEN)))
             || matches!(ours, Verdict::Reject(_));
         let wait = if expect_reply {
             Duration::from_millis(300)
@@ -1014,39 +1245,56 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
         };
         let mut kernel_reply: Option<Vec<u8>> = None;
         for fr in drain(&mut tap, wait) {
-            if fr.len() < 34 || fr[12..14] != [0x08, 0x00] {
+            feed_output(&mut f, &fr, now());
+            t.replies += 1;
+            if fr.len() < 54 || !(fr[12..14] == [0x08, 0x00] || fr[12..14] == [0x86, 0xdd]) {
                 continue;
             }
-            let ip = &fr[14..];
-            if ip[9] == 6 && fr.len() >= 54 && ip[33] & 0x12 == 0x12 {
-                let dport = u16::from_be_bytes([ip[22], ip[23]]);
-                let kseq = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
-                last_synack.insert(dport, (kseq, 0));
+            let rp = &fr[14..];
+            let (_, rproto, ro) = l3(rp);
+            if rp.len() < ro + 14 {
+                continue;
             }
-            let answers_pkt = ip[12..16] == pkt[16..20] && ip[16..20] == pkt[12..16];
-            let is_reject_reply = (ip[9] == 1 && ip.get(20) == Some(&3))
-                || (ip[9] == 6 && ip.get(33).is_some_and(|f| f & 0x04 != 0));
+            if rproto == 6 && rp[ro + 13] & 0x12 == 0x12 {
+                last_synack.insert(
+                    dport(rp),
+                    u32::from_be_bytes([rp[ro + 4], rp[ro + 5], rp[ro + 6], rp[ro + 7]]),
+                );
+            }
+            if rproto == 17 {
+                last_udp_out.insert(dport(rp), rp.to_vec());
+            }
+            let (ps, pd) = addrs(&pkt);
+            let (rs, rd) = addrs(rp);
+            let answers_pkt = rs == pd && rd == ps;
+            let is_reject_reply = (rproto == 1 && rp[ro] == 3)
+                || (rproto == 58 && rp[ro] == 1)
+                || (rproto == 6 && rp[ro + 13] & 0x04 != 0);
             if matches!(ours, Verdict::Reject(_))
                 && kernel_reply.is_none()
                 && answers_pkt
                 && is_reject_reply
             {
-                kernel_reply = Some(ip.to_vec());
+                kernel_reply = Some(rp.to_vec());
             }
-            if ip[9] == 17 {
-                last_udp_out.insert(u16::from_be_bytes([ip[22], ip[23]]), ip.to_vec());
-            }
-            feed_output(&mut f, &fr, now());
-            t.replies += 1;
         }
         if let Verdict::Reject(w) = ours {
-            // The reply we would send must be the one the kernel sent:
-            // same ICMP type, code and quote, or same RST ports, seq, ack, flags.
+            // The reply we would send must be the one the kernel sent: same
+            // ICMP type, code and quote, or same RST ports, seq, ack, flags.
             let same = match (&our_reply, &kernel_reply) {
-                (Some(o), Some(k)) if o[9] == 1 => {
-                    o.len() == k.len() && o[20..22] == k[20..22] && o[28..] == k[28..]
+                (Some(o), Some(kr)) => {
+                    let (_, p1, o1) = l3(o);
+                    let (_, p2, o2) = l3(kr);
+                    let quote = if o[0] >> 4 == 4 { 28 } else { 48 };
+                    o.len() == kr.len()
+                        && p1 == p2
+                        && o1 == o2
+                        && if p1 == 6 {
+                            o[o1..o1 + 14] == kr[o2..o2 + 14]
+                        } else {
+                            o[o1..o1 + 2] == kr[o2..o2 + 2] && o[quote..] == kr[quote..]
+                        }
                 }
-                (Some(o), Some(k)) => o.len() == k.len() && o[20..34] == k[20..34],
                 (None, None) => true,
                 _ => false,
             };
@@ -1071,9 +1319,14 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
 }
 
 fn feed_output(f: &mut Filter, frame: &[u8], now: u64) {
-    if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
-        let ip = &frame[14..];
-        let v = f.evaluate(Hook::Output, LinkType::Ip, ip, &PacketMeta::default(), now);
+    if frame.len() > 14 && (frame[12..14] == [0x08, 0x00] || frame[12..14] == [0x86, 0xdd]) {
+        let v = f.evaluate(
+            Hook::Output,
+            LinkType::Ip,
+            &frame[14..],
+            &PacketMeta::default(),
+            now,
+        );
         assert_eq!(
             v,
             Verdict::Accept,
@@ -1108,9 +1361,10 @@ fn kernel_differential() {
         }
     }
     println!(
-        "differential: {} rulesets, {} packets compared ({} accepted, {} dropped, {} rejected), {} counter values compared, {} kernel replies fed to our output hook, {} reject replies compared byte-wise, ct states seen by our tracker (both hooks) new/established/related/invalid {:?}, {} packets not reaching the hook, {} mismatches, {:.1}s",
+        "differential: {} rulesets, {} packets compared ({} IPv6; {} accepted, {} dropped, {} rejected), {} counter values compared, {} kernel replies fed to our output hook, {} reject replies compared byte-wise, ct states seen by our tracker (both hooks) new/established/related/invalid {:?}, {} packets not reaching the hook, {} mismatches, {:.1}s",
         t.rulesets,
         t.packets,
+        t.packets_v6,
         t.accepted,
         t.dropped,
         t.rejected,
