@@ -51,6 +51,7 @@ pub struct Filter {
     queued: usize,
     rejects_sent: u64,
     rejects_dropped: u64,
+    loads: u64,
 }
 
 impl Default for Filter {
@@ -68,6 +69,7 @@ impl Default for Filter {
             queued: 0,
             rejects_sent: 0,
             rejects_dropped: 0,
+            loads: 0,
         }
     }
 }
@@ -95,6 +97,11 @@ impl Filter {
     /// Whether a ruleset is loaded.
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// `nft load` requests handled so far (accepted or refused).
+    pub fn loads(&self) -> u64 {
+        self.loads
     }
 
     /// Reads the clock once per round (conntrack timeouts, limits).
@@ -163,7 +170,10 @@ impl Filter {
     pub fn control(&mut self, args: &[String], body: &str) -> String {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = match words.as_slice() {
-            ["load"] => self.nft.replace(body),
+            ["load"] => {
+                self.loads += 1;
+                self.nft.replace(body)
+            }
             ["list", "ruleset"] => return format!("ok\n{}", self.nft.list_ruleset()),
             ["list", "counters"] => return format!("ok\n{}", self.nft.list_counters()),
             ["flush", "ruleset"] => self.nft.replace(""),

@@ -11,7 +11,7 @@ use std::io;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use fragnet_host::{info, warn, Control, Env};
+use fragnet_host::{info, warn, Control, ControlMsg, Env};
 use nic_switch::Switch;
 use packet_ring::linux::{Channel, ChannelFds, Policy, Waiter};
 use packet_ring::Side;
@@ -23,6 +23,8 @@ struct Config {
     batch: usize,
     /// Idle rounds spent spinning before the waiter starts yielding.
     spin: u32,
+    /// The run script names rules (`<nftables>`): wait for them at start.
+    has_rules: bool,
 }
 
 impl Config {
@@ -50,6 +52,7 @@ impl Config {
                 .map_err(|e| e.to_string())?,
             batch: node.attr_or("batch", 64usize).map_err(|e| e.to_string())?,
             spin: node.attr_or("spin", 0u32).map_err(|e| e.to_string())?,
+            has_rules: node.child("nftables").is_some(),
         };
         if c.mac_table_size == 0 || c.batch == 0 {
             return Err("<config>: mac_table_size and batch must be at least 1".into());
@@ -107,12 +110,36 @@ fn run() -> Result<(), String> {
         c.set_nonblocking(true)
             .map_err(|e| format!("control socket: {e}"))?;
     }
-
-    let start = Instant::now();
     let mut waiter = Waiter::with_policy(Policy {
         spin: config.spin,
         ..Policy::default()
     });
+    // A run script that gives the switch rules: init sends them first; no
+    // frame moves before they are in (or refused).
+    if config.has_rules {
+        if let Some(c) = control.as_mut() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while switch.filter_mut().loads() == 0 && Instant::now() < deadline {
+                match c.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Some(msg)) => {
+                        if !handle(c, msg, &mut switch, &waiter)
+                            .map_err(|e| format!("control socket: {e}"))?
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
+                    Err(e) => warn!("control socket: {e}"),
+                }
+            }
+            if switch.filter_mut().loads() == 0 {
+                warn!("no ruleset arrived within 10 s: forwarding unfiltered");
+            }
+        }
+    }
+
+    let start = Instant::now();
     let mut last_housekeeping = Instant::now();
     let mut last_expire = 0;
     loop {
@@ -179,42 +206,52 @@ fn serve_control(
             }
             Err(e) => return Err(e),
         };
-        match msg.verb.as_str() {
-            "ping" => c.reply("ok")?,
-            "stats" => {
-                let w = waiter.stats();
-                c.reply(&format!(
-                    "ok\n{}waiter_sleeps {}\nwaiter_yields {}\n",
-                    switch.report(),
-                    w.sleeps,
-                    w.yields
-                ))?
-            }
-            "channel" => {
-                let reply = channel_msg(switch, &msg.args, msg.fds);
-                match reply {
-                    Ok(()) => c.reply("ok")?,
-                    Err(e) => {
-                        warn!("{e}");
-                        c.reply(&format!("error\n{e}"))?
-                    }
-                }
-            }
-            "nft" => {
-                let reply = switch.filter_mut().control(&msg.args, &msg.body);
-                if let Some(e) = reply.strip_prefix("error\n") {
-                    warn!("nft {}: {e}", msg.args.join(" "));
-                }
-                c.reply(&reply)?
-            }
-            "shutdown" => {
-                c.reply("ok")?;
-                info!("shutdown requested");
-                return Ok(false);
-            }
-            other => c.reply(&format!("error\nunknown verb '{other}'"))?,
+        if !handle(c, msg, switch, waiter)? {
+            return Ok(false);
         }
     }
+}
+
+/// Answer one control message. `Ok(false)`: time to exit (shutdown).
+fn handle(
+    c: &mut Control,
+    msg: ControlMsg,
+    switch: &mut Switch<Channel>,
+    waiter: &Waiter,
+) -> io::Result<bool> {
+    match msg.verb.as_str() {
+        "ping" => c.reply("ok")?,
+        "stats" => {
+            let w = waiter.stats();
+            c.reply(&format!(
+                "ok\n{}waiter_sleeps {}\nwaiter_yields {}\n",
+                switch.report(),
+                w.sleeps,
+                w.yields
+            ))?
+        }
+        "channel" => match channel_msg(switch, &msg.args, msg.fds) {
+            Ok(()) => c.reply("ok")?,
+            Err(e) => {
+                warn!("{e}");
+                c.reply(&format!("error\n{e}"))?
+            }
+        },
+        "nft" => {
+            let reply = switch.filter_mut().control(&msg.args, &msg.body);
+            if let Some(e) = reply.strip_prefix("error\n") {
+                warn!("nft {}: {e}", msg.args.join(" "));
+            }
+            c.reply(&reply)?
+        }
+        "shutdown" => {
+            c.reply("ok")?;
+            info!("shutdown requested");
+            return Ok(false);
+        }
+        other => c.reply(&format!("error\nunknown verb '{other}'"))?,
+    }
+    Ok(true)
 }
 
 /// `channel <label> <side>` with memfd, wake_a, wake_b: replace or add a port.
