@@ -5,6 +5,9 @@
 # fragnet: two apps on two ip_stacks through nic_switch (server trio on CPU 1,
 # client pair on CPU 0). kernel: the same binaries with --net kernel over
 # loopback in a private netns, server on CPU 1, client on CPU 0.
+# Knobs: YIELD_US (idle yield before sleeping), INFLIGHT ("1 32"), RULES
+# (an nft file both stacks load, e.g. components/ip_stack/bench_rules.nft),
+# SKIP_KERNEL=1 (fragnet only), KEEP=1 (keep logs).
 # Usage: components/ip_stack/bench.sh [seconds]   (needs root; release build:
 #   cargo build --release -p fragnet_init -p nic_switch -p ip_stack -p fragnet_apps)
 set -eu
@@ -12,6 +15,9 @@ SECS=${1:-5}
 # Idle policy of stacks and apps: yield this long before sleeping.
 YIELD_US=${YIELD_US:-200}
 export FRAGNET_YIELD_US=$YIELD_US
+# RULES=file: both stacks load this nft ruleset (the filter's cost).
+NFT=""
+if [ -n "${RULES:-}" ]; then NFT="<nftables file=\"$(realpath "$RULES")\"/>"; fi
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 TMP=$(mktemp -d /tmp/fnstk_bench.XXXXXX)
 NS=fnstkb$$
@@ -24,10 +30,10 @@ pair() { # $1 name, $2 server binary+config, $3 client binary+config
 cat > "$TMP/$1.xml" <<X
 <config control="$TMP/$1.sock">
   <start name="switch"><binary name="nic_switch"/><affinity cpu="1"/><provides><service name="Nic"/></provides></start>
-  <start name="a_stack"><binary name="ip_stack"/><affinity cpu="1"/><config ip="10.90.0.10/24" yield_us="$YIELD_US"/>
+  <start name="a_stack"><binary name="ip_stack"/><affinity cpu="1"/><config ip="10.90.0.10/24" yield_us="$YIELD_US">$NFT</config>
     <route><service name="Nic"><child name="switch"/></service></route><provides><service name="Socket"/></provides></start>
   <start name="a_app">$2<affinity cpu="1"/><route><service name="Socket"><child name="a_stack"/></service></route></start>
-  <start name="b_stack"><binary name="ip_stack"/><affinity cpu="0"/><config ip="10.90.0.20/24" yield_us="$YIELD_US"/>
+  <start name="b_stack"><binary name="ip_stack"/><affinity cpu="0"/><config ip="10.90.0.20/24" yield_us="$YIELD_US">$NFT</config>
     <route><service name="Nic"><child name="switch"/></service></route><provides><service name="Socket"/></provides></start>
   <start name="b_app">$3<affinity cpu="0"/><route><service name="Socket"><child name="b_stack"/></service></route></start>
 </config>
@@ -41,6 +47,7 @@ cat "$TMP/$1.out" 2>/dev/null || { echo "$1: no result"; tail -15 "$TMP/$1.log";
 }
 
 kernel() { # $1 server cmd, $2 client cmd
+[ -n "${SKIP_KERNEL:-}" ] && return 0
 ip netns exec $NS taskset -c 1 $1 > /dev/null 2>&1 &
 SPID=$!
 sleep 0.3

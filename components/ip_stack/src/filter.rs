@@ -198,6 +198,14 @@ mod tests {
     }
 
     #[test]
+    fn the_benchmark_ruleset_loads() {
+        let mut f = Filter::default();
+        let text = include_str!("../bench_rules.nft");
+        assert_eq!(f.control(&["load".into()], text), "ok");
+        assert!(f.active);
+    }
+
+    #[test]
     fn bad_ruleset_changes_nothing_and_says_where() {
         let mut f = Filter::default();
         let r = f.control(&["load".into()], "table inet t {\n chain c { bogus }\n}\n");
