@@ -546,6 +546,12 @@ impl Endpoint {
         slots.min(bufs) as usize
     }
 
+    /// The last `send` failed with `Full` and none has succeeded since: a
+    /// sleeper waits for buffers to come back as well as for frames.
+    pub fn tx_blocked(&self) -> bool {
+        self.tx_blocked
+    }
+
     /// Frames queued by `send` and not yet published by `flush`.
     pub fn tx_unflushed(&self) -> usize {
         self.tx.head.wrapping_sub(self.tx.head_pub) as usize

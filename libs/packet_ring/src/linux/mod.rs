@@ -22,7 +22,7 @@ use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 use crate::{init_region, Config, Endpoint, Error, Side};
 
-pub use waiter::{Policy, Waiter, WaiterStats, Wake};
+pub use waiter::{Policy, Waiter, WaiterStats, Wake, BLOCKED_RECHECK};
 
 /// The capabilities of one channel: the region and the two doorbells.
 #[derive(Debug)]
@@ -382,5 +382,37 @@ mod tests {
         let stats = w.stats();
         assert_eq!(stats.timeouts, 2);
         assert!(stats.spins >= 4 && stats.yields > 0 && stats.pending == 2);
+    }
+
+    #[test]
+    fn blocked_producer_rechecks_when_the_consumer_never_flushes() {
+        let cfg = Config {
+            ring_slots: 8,
+            buf_size: 64,
+            bufs: 8,
+        };
+        let fds = create(&cfg, "blocked").unwrap();
+        let mut a = Channel::attach(fds.try_clone().unwrap(), Side::A).unwrap();
+        let mut b = Channel::attach(fds, Side::B).unwrap();
+        while a.send(b"x").is_ok() {}
+        assert!(a.tx_blocked());
+        a.flush();
+        b.clear_doorbell();
+        let mut w = Waiter::new();
+        // While A sleeps, the consumer takes the frames but (against the
+        // contract) never flushes, so it never rings A.
+        let consumer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            assert_eq!(b.recv(8, |_| ()).unwrap(), 8);
+            b
+        });
+        let t = std::time::Instant::now();
+        assert_eq!(w.sleep([&mut a], &[], None).unwrap(), Wake::TimedOut);
+        assert!(t.elapsed() >= BLOCKED_RECHECK && t.elapsed() < Duration::from_secs(2));
+        let _b = consumer.join().unwrap();
+        assert_eq!(w.sleep([&mut a], &[], None).unwrap(), Wake::Pending);
+        assert_eq!(a.tx_space(), 8);
+        a.send(b"y").unwrap();
+        assert!(!a.tx_blocked());
     }
 }

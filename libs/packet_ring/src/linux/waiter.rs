@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 
 use super::Channel;
 
+/// Longest sleep of a waiter with a channel blocked on a full ring (see
+/// [`Waiter::sleep`]).
+pub const BLOCKED_RECHECK: Duration = Duration::from_millis(5);
+
 /// How long to stay awake when idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -171,6 +175,14 @@ impl Waiter {
     }
 
     /// Skips the spin and yield phases: flush, arm and sleep right away.
+    ///
+    /// If a channel is blocked on a full ring ([`Endpoint::tx_blocked`]) the
+    /// sleep lasts at most [`BLOCKED_RECHECK`]: the consumer's doorbell is
+    /// the normal wake-up, this only bounds the stall if the consumer
+    /// forgets to flush after receiving (the call then returns `TimedOut`
+    /// even with `timeout` `None`).
+    ///
+    /// [`Endpoint::tx_blocked`]: crate::Endpoint::tx_blocked
     pub fn sleep<'a, I>(
         &mut self,
         channels: I,
@@ -183,6 +195,7 @@ impl Waiter {
         self.pollfds.clear();
         self.armed.clear();
         let mut work = false;
+        let mut blocked = false;
         for ch in channels {
             if !ch.is_up() {
                 continue;
@@ -197,6 +210,7 @@ impl Waiter {
                 events: libc::POLLIN,
                 revents: 0,
             });
+            blocked |= ch.tx_blocked();
             self.armed.push(ch as *mut Channel);
         }
         if work {
@@ -212,6 +226,14 @@ impl Waiter {
                 revents: 0,
             });
         }
+        // A channel blocked on a full ring waits for its consumer to return
+        // buffers. A consumer that does not flush after `recv` (against the
+        // contract) would never ring us: look again after a while anyway.
+        let timeout = if blocked {
+            Some(timeout.map_or(BLOCKED_RECHECK, |t| t.min(BLOCKED_RECHECK)))
+        } else {
+            timeout
+        };
         let ms = match timeout {
             None => -1,
             Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
