@@ -10,6 +10,9 @@
 //!   seen, then **established**; reply-direction packets: **established**;
 //! * ICMP/ICMPv6 errors whose embedded packet belongs to a tracked flow:
 //!   **related**;
+//! * the reply a `reject` sends (ICMP error or RST), when it next passes
+//!   the output hook: **related**, reply direction, as the kernel attaches
+//!   the rejected packet's entry to it;
 //! * everything the tracker refuses: **invalid** (no entry): ICMP replies
 //!   and non-error types without a request, TCP packets whose flags are an
 //!   invalid combination or whose transition is invalid in the kernel's
@@ -103,6 +106,17 @@ pub struct Tuple {
 }
 
 impl Tuple {
+    /// Addresses and ports exchanged (the tuple of an answer to this packet).
+    fn swapped(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..*self
+        }
+    }
+
     fn reply(&self) -> Tuple {
         let (sport, dport) = if is_icmp(self.proto) {
             (
@@ -233,6 +247,13 @@ pub struct CtStats {
 /// A connection tracker of fixed capacity.
 pub struct Conntrack {
     slots: Vec<Slot>,
+    /// Tuple of the packet being classified, and of the last tracked one.
+    cur: Option<Tuple>,
+    last: Option<(Tuple, u8)>,
+    /// The flow of a packet just rejected: the kernel attaches its conntrack
+    /// entry to the reply `reject` sends (`nf_ct_attach`), so that reply is
+    /// RELATED (reply direction) and is not tracked on its own.
+    attached: Option<(Tuple, u8)>,
     mask: usize,
     seed: u64,
     stats: CtStats,
@@ -245,6 +266,9 @@ impl Conntrack {
         let n = capacity.max(64).next_power_of_two();
         Conntrack {
             slots: alloc::vec![EMPTY; n],
+            cur: None,
+            last: None,
+            attached: None,
             mask: n - 1,
             seed,
             stats: CtStats::default(),
@@ -257,6 +281,12 @@ impl Conntrack {
 
     pub fn stats(&self) -> CtStats {
         self.stats
+    }
+
+    /// The packet just classified was rejected: its flow goes with the
+    /// reply `reject` sends (see `attached`).
+    pub(crate) fn attach_last(&mut self) {
+        self.attached = self.last.take();
     }
 
     /// Drop every entry.
@@ -341,7 +371,12 @@ impl Conntrack {
     /// Classifies a packet and updates its entry (as `nf_conntrack_in`
     /// does before the filter runs).
     pub(crate) fn track(&mut self, v: &View<'_>, now: u64) -> CtInfo {
+        self.cur = None;
         let info = self.classify(v, now);
+        self.last = match (self.cur, info.direction) {
+            (Some(t), Some(dir)) if info.state != state::RELATED => Some((t, dir)),
+            _ => None,
+        };
         match info.state {
             state::NEW => self.stats.new += 1,
             state::ESTABLISHED => self.stats.established += 1,
@@ -409,6 +444,17 @@ impl Conntrack {
             }
             _ => {}
         }
+        if let Some((a, dir)) = self.attached {
+            if t == a.swapped() {
+                self.attached = None;
+                return CtInfo {
+                    state: state::RELATED,
+                    direction: Some(dir ^ 1),
+                    pending: None,
+                };
+            }
+        }
+        self.cur = Some(t);
         if proto == 6 {
             return self.track_tcp(v, l4, t, now);
         }
@@ -599,6 +645,16 @@ impl Conntrack {
             _ => {}
         }
         let _ = proto;
+        if let Some((a, dir)) = self.attached {
+            if t == a {
+                self.attached = None;
+                return CtInfo {
+                    state: state::RELATED,
+                    direction: Some(dir ^ 1),
+                    pending: None,
+                };
+            }
+        }
         match self.find(&t, now) {
             // The error travels opposite to the packet it quotes.
             Some((_, dir)) => CtInfo {

@@ -58,8 +58,10 @@ impl Ctx<'_, '_> {
                 _ => return None,
             },
             Field::MetaLength => v.len as u128,
-            Field::MetaIifname => self.meta.iif?.value(),
-            Field::MetaOifname => self.meta.oif?.value(),
+            // No interface: the kernel compares an empty name (so `iifname
+            // != "x"` matches at output), it does not break.
+            Field::MetaIifname => self.meta.iif.map_or(0, |i| i.value()),
+            Field::MetaOifname => self.meta.oif.map_or(0, |i| i.value()),
             Field::MetaMark => self.meta.mark as u128,
             Field::IpSaddr if ip4 => be32(d, l3 + 12)? as u128,
             Field::IpDaddr if ip4 => be32(d, l3 + 16)? as u128,

@@ -340,6 +340,9 @@ impl Filter {
             family: Family::Inet,
         };
         let v = rs.run_hook(hook, proto, &mut ctx);
+        if matches!(v, Verdict::Reject(_)) && ct.is_some() {
+            self.ct.attach_last();
+        }
         if v == Verdict::Accept {
             if let Some(p) = ct.and_then(|c| c.pending) {
                 if !self.ct.confirm(&p, now_ns) {
