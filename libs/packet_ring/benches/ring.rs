@@ -52,7 +52,10 @@ impl Placement {
                     .and_then(|v| v.parse().ok())
                     .map(Duration::from_micros)
                     .unwrap_or(Policy::default().yield_for),
-                ..Policy::default()
+                spin: std::env::var("BENCH_SPIN")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(Policy::default().spin),
             },
             Placement::OneCore | Placement::OneCoreHandover => Policy {
                 spin: 0,
