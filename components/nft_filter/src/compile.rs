@@ -254,6 +254,79 @@ fn build_set(
     Ok(CSet::Intervals(out))
 }
 
+/// nft refuses a rule whose matches need two different network or
+/// transport protocols ("conflicting protocols specified"), e.g.
+/// `meta l4proto udp tcp dport 22` or `ip saddr … ip6 daddr …`; so do we.
+fn check_protocols(r: &Rule) -> Result<(), CompileError> {
+    let mut l3: Option<(&str, u32)> = None;
+    let mut l4: Option<(&str, u32)> = None;
+    let name = |v: u32| match v {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        58 => "icmpv6",
+        4 => "ip",
+        0x0806 => "arp",
+        60 => "ip6",
+        _ => "set",
+    };
+    let set =
+        |slot: &mut Option<(&str, u32)>, v: u32, what: &'static str| -> Result<(), CompileError> {
+            match *slot {
+                Some((w, x)) if x != v => Err(cerr(
+                    r.pos,
+                    format!(
+                        "conflicting protocols specified: {} vs. {} ({w} / {what})",
+                        name(x),
+                        name(v)
+                    ),
+                )),
+                _ => {
+                    *slot = Some((what, v));
+                    Ok(())
+                }
+            }
+        };
+    for s in &r.stmts {
+        let Stmt::Match(m) = s else { continue };
+        let exact = matches!(m.op, CmpOp::Implicit | CmpOp::Eq) && m.mask.is_none();
+        let value = match &m.rhs {
+            Rhs::Elem(Elem::Value(v)) if exact => Some(*v as u32),
+            Rhs::Set(_) | Rhs::Named(_) if exact => Some(0xffff_ffff),
+            _ => None,
+        };
+        use Field::*;
+        match m.field {
+            IpSaddr | IpDaddr | IpProtocol | IpLength | IpTtl => set(&mut l3, 4, "ip")?,
+            Ip6Saddr | Ip6Daddr | Ip6Nexthdr => set(&mut l3, 60, "ip6")?,
+            IcmpType | IcmpCode => {
+                set(&mut l3, 4, "icmp")?;
+                set(&mut l4, 1, "icmp")?;
+            }
+            TcpSport | TcpDport | TcpFlags => set(&mut l4, 6, "tcp")?,
+            UdpSport | UdpDport | UdpLength => set(&mut l4, 17, "udp")?,
+            MetaNfproto => match value {
+                Some(2) => set(&mut l3, 4, "meta nfproto")?,
+                Some(10) => set(&mut l3, 60, "meta nfproto")?,
+                _ => {}
+            },
+            EtherType => match value {
+                Some(0x0800) => set(&mut l3, 4, "ether type")?,
+                Some(0x86dd) => set(&mut l3, 60, "ether type")?,
+                Some(v) if v != 0xffff_ffff => set(&mut l3, v, "ether type")?,
+                _ => {}
+            },
+            _ => {}
+        }
+        if matches!(m.field, MetaL4proto | IpProtocol | Ip6Nexthdr) {
+            if let Some(v) = value {
+                set(&mut l4, v, "protocol match")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) struct CChain {
     pub name: String,
     pub rules: core::ops::Range<u32>,
@@ -447,6 +520,7 @@ impl Ruleset {
                 Verdict::Goto(c) => Target::Goto(resolve(c, r.pos)?),
             })
         };
+        check_protocols(r)?;
         let start = self.ops.len();
         for (si, s) in r.stmts.iter().enumerate() {
             match s {
@@ -839,25 +913,49 @@ mod tests {
         let (l, _, m) = cerr("table inet t {\n chain c {\n  jump nowhere\n }\n}");
         assert_eq!(l, 3);
         assert!(m.contains("nowhere"), "{m}");
-        let (_, _, m) = cerr("table inet t {\n chain a { jump b }\n chain b { goto a }\n}");
+        let (_, _, m) = cerr("table inet t {\n chain a { jump b; }\n chain b { goto a; }\n}");
         assert!(m.contains("loop"), "{m}");
-        let (_, _, m) = cerr("table inet t {\n chain a { tcp dport vmap { 1 : jump a } }\n}");
+        let (_, _, m) = cerr("table inet t {\n chain a { tcp dport vmap { 1 : jump a }; }\n}");
         assert!(m.contains("loop"), "{m}");
-        let (_, _, m) = cerr("table inet t {\n chain b { type filter hook input priority 0; }\n chain a { jump b }\n}");
+        let (_, _, m) = cerr("table inet t {\n chain b { type filter hook input priority 0; }\n chain a { jump b; }\n}");
         assert!(m.contains("base chain"), "{m}");
         // 17 chains deep exceeds the kernel's jump stack.
         let mut s = alloc::string::String::from("table inet t {\n");
         for i in 0..17 {
-            s += &alloc::format!(" chain c{i} {{ jump c{} }}\n", i + 1);
+            s += &alloc::format!(" chain c{i} {{ jump c{}; }}\n", i + 1);
         }
-        s += " chain c17 { accept }\n}";
+        s += " chain c17 { accept; }\n}";
         let (_, _, m) = cerr(&s);
         assert!(m.contains("deep"), "{m}");
     }
 
     #[test]
+    fn conflicting_protocols_refused_like_nft() {
+        for (rule, bad) in [
+            ("meta l4proto udp tcp dport 1", true),
+            ("meta l4proto { tcp, udp } tcp dport 1", true),
+            ("ip protocol udp tcp dport 1", true),
+            ("ip saddr 1.1.1.1 ip6 saddr ::1", true),
+            ("meta nfproto ipv4 ip6 saddr ::1", true),
+            ("tcp dport 1 udp dport 2", true),
+            ("icmp type echo-request tcp dport 1", true),
+            ("ip6 nexthdr udp tcp dport 1", true),
+            ("meta l4proto tcp icmp type echo-request", true),
+            ("ether type arp ip saddr 1.1.1.1", true),
+            ("ether type ip ip6 saddr ::1", true),
+            ("ip protocol != udp tcp dport 1", false),
+            ("meta l4proto tcp tcp dport 1", false),
+            ("ether type ip ip saddr 1.1.1.1 udp dport 53", false),
+            ("meta l4proto icmp icmp type echo-request", false),
+        ] {
+            let src = alloc::format!("table inet t {{\n chain c {{\n  {rule}\n }}\n}}\n");
+            assert_eq!(compile_text(&src).is_err(), bad, "{rule}");
+        }
+    }
+
+    #[test]
     fn set_types_checked() {
-        let (l, _, m) = cerr("table inet t {\n set s { type inet_service; elements = { 22 } }\n chain c {\n  ip saddr @s accept\n }\n}");
+        let (l, _, m) = cerr("table inet t {\n set s { type inet_service; elements = { 22 }; }\n chain c {\n  ip saddr @s accept\n }\n}");
         assert_eq!(l, 4);
         assert!(m.contains("set 's'"), "{m}");
         let (_, _, m) = cerr("table inet t {\n chain c {\n  ip saddr @nope accept\n }\n}");
@@ -869,7 +967,7 @@ mod tests {
 
     #[test]
     fn sets_are_indexed() {
-        let rs = compile_text("table inet t {\n set s { type ipv4_addr; flags interval; elements = { 10.0.0.0/8, 10.1.0.0/16, 11.0.0.1 } }\n chain c { tcp dport { 1, 2, 3 } accept\n ip saddr @s accept }\n}").unwrap();
+        let rs = compile_text("table inet t {\n set s { type ipv4_addr; flags interval; elements = { 10.0.0.0/8, 10.1.0.0/16, 11.0.0.1 }; }\n chain c { tcp dport { 1, 2, 3 } accept\n ip saddr @s accept; }\n}").unwrap();
         // Named set: intervals merged ([10/8] swallows [10.1/16]); anonymous: hashed.
         match &rs.sets[0] {
             super::CSet::Intervals(v) => assert_eq!(v.len(), 2),

@@ -293,8 +293,8 @@ mod tests {
     #[test]
     fn accept_ends_only_its_base_chain() {
         let mut f = filter(
-            "table inet a { chain c { type filter hook input priority 0; policy accept; tcp dport 22 accept } }\n\
-             table inet b { chain c { type filter hook input priority 10; policy accept; tcp dport 22 counter drop } }",
+            "table inet a { chain c { type filter hook input priority 0; policy accept; tcp dport 22 accept; }; }\n\
+             table inet b { chain c { type filter hook input priority 10; policy accept; tcp dport 22 counter drop; }; }",
         );
         assert_eq!(input(&mut f, &tcp4(22, 2)), Verdict::Drop);
         assert_eq!(input(&mut f, &tcp4(23, 2)), Verdict::Accept);
@@ -305,7 +305,7 @@ mod tests {
     fn priority_order_and_policy() {
         // The drop-policy chain runs first (lower priority) and drops.
         let mut f = filter(
-            "table inet t {\n chain late { type filter hook input priority 100; policy accept; counter }\n chain early { type filter hook input priority -100; policy drop; udp dport 53 accept }\n}",
+            "table inet t {\n chain late { type filter hook input priority 100; policy accept; counter; }\n chain early { type filter hook input priority -100; policy drop; udp dport 53 accept; }\n}",
         );
         assert_eq!(
             input(&mut f, &ipv4(A, B, 17, 64, udp(1, 53, b"x"))),
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn jump_goto_return() {
-        let src = "table ip t {\n chain in { type filter hook input priority 0; policy drop;\n  tcp dport 1 jump j\n  tcp dport 2 goto g\n  tcp dport 3 jump r\n  counter accept\n }\n chain j { tcp flags syn return\n  drop }\n chain g { tcp flags syn return\n  drop }\n chain r { return }\n}";
+        let src = "table ip t {\n chain in { type filter hook input priority 0; policy drop;\n  tcp dport 1 jump j\n  tcp dport 2 goto g\n  tcp dport 3 jump r\n  counter accept\n }\n chain j { tcp flags syn return\n  drop; }\n chain g { tcp flags syn return\n  drop; }\n chain r { return; }\n}";
         let mut f = filter(src);
         // jump + return: back to the next rule, which accepts.
         assert_eq!(input(&mut f, &tcp4(1, 2)), Verdict::Accept);
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn prefixes_ranges_sets_negation() {
-        let src = "table ip t {\n set s { type ipv4_addr; flags interval; elements = { 192.168.0.0/16, 172.16.0.1-172.16.0.5 } }\n chain in { type filter hook input priority 0; policy accept;\n  ip saddr 10.0.0.0/31 ip daddr != 10.0.0.2 drop\n  ip saddr @s drop\n  tcp dport { 100-200, 300 } drop\n  tcp dport != 1-1000 drop\n }\n}";
+        let src = "table ip t {\n set s { type ipv4_addr; flags interval; elements = { 192.168.0.0/16, 172.16.0.1-172.16.0.5 }; }\n chain in { type filter hook input priority 0; policy accept;\n  ip saddr 10.0.0.0/31 ip daddr != 10.0.0.2 drop\n  ip saddr @s drop\n  tcp dport { 100-200, 300 } drop\n  tcp dport != 1-1000 drop\n }\n}";
         let mut f = filter(src);
         let p = |s: [u8; 4], d: [u8; 4], port: u16| ipv4(s, d, 6, 64, tcp(5, port, 2, 0, 0, &[]));
         assert_eq!(
@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn tcp_flags_forms() {
-        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n tcp flags & (syn | ack) == syn counter\n tcp flags syn counter\n tcp flags == syn counter\n tcp flags != syn counter\n } }");
+        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n tcp flags & (syn | ack) == syn counter\n tcp flags syn counter\n tcp flags == syn counter\n tcp flags != syn counter\n }; }");
         input(&mut f, &tcp4(1, 0x02));
         input(&mut f, &tcp4(1, 0x12));
         input(&mut f, &tcp4(1, 0x10));
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn vmap_and_reject() {
-        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n tcp dport vmap { 22 : drop, 80-81 : reject with tcp reset, 443 : accept }\n udp dport 9 reject\n } }");
+        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n tcp dport vmap { 22 : drop, 80-81 : reject with tcp reset, 443 : accept }\n udp dport 9 reject\n }; }");
         assert_eq!(input(&mut f, &tcp4(22, 2)), Verdict::Drop);
         assert_eq!(
             input(&mut f, &tcp4(81, 2)),
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn ct_state_udp_flow() {
-        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy drop;\n ct state established,related counter accept\n ct state new udp dport 7 counter accept\n } }\ntable inet o { chain c { type filter hook output priority 0; policy accept; ct state new counter } }");
+        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy drop;\n ct state established,related counter accept\n ct state new udp dport 7 counter accept\n }; }\ntable inet o { chain c { type filter hook output priority 0; policy accept; ct state new counter; }; }");
         let req = ipv4(A, B, 17, 64, udp(1000, 7, b"ping"));
         let resp = ipv4(B, A, 17, 64, udp(7, 1000, b"pong"));
         assert_eq!(input(&mut f, &req), Verdict::Accept); // new
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn related_icmp_error() {
-        let mut f = filter("table ip t { chain c { type filter hook input priority 0; policy drop;\n ct state related counter accept\n } }\ntable ip o { chain c { type filter hook output priority 0; policy accept; ct state new accept } }");
+        let mut f = filter("table ip t { chain c { type filter hook input priority 0; policy drop;\n ct state related counter accept\n }; }\ntable ip o { chain c { type filter hook output priority 0; policy accept; ct state new accept; }; }");
         let out = ipv4(B, A, 17, 64, udp(1000, 53, b"query"));
         assert_eq!(
             f.evaluate(Hook::Output, LinkType::Ip, &out, &PacketMeta::default(), 1),
@@ -436,7 +436,7 @@ mod tests {
 
     #[test]
     fn bridge_frames() {
-        let mut f = filter("table bridge sw { chain fwd { type filter hook forward priority filter; policy accept;\n ether type arp accept\n ether saddr 02:00:00:00:00:66 counter drop\n ip daddr 10.0.0.2 udp dport 7 meta length 32 counter drop\n } }");
+        let mut f = filter("table bridge sw { chain fwd { type filter hook forward priority filter; policy accept;\n ether type arp accept\n ether saddr 02:00:00:00:00:66 counter drop\n ip daddr 10.0.0.2 udp dport 7 meta length 32 counter drop\n }; }");
         let m1 = [2, 0, 0, 0, 0, 1];
         let ip = ipv4(A, B, 17, 64, udp(1, 7, b"abcd"));
         let fr = ether([2, 0, 0, 0, 0, 2], m1, 0x0800, &ip);
@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn ether_fields_at_stack_input() {
-        let mut f = filter("table inet t { chain i { type filter hook input priority 0; policy accept; ether saddr 02:00:00:00:00:66 meta length 32 counter drop }\n chain o { type filter hook output priority 0; policy accept; ether saddr 02:00:00:00:00:66 drop } }");
+        let mut f = filter("table inet t { chain i { type filter hook input priority 0; policy accept; ether saddr 02:00:00:00:00:66 meta length 32 counter drop; }\n chain o { type filter hook output priority 0; policy accept; ether saddr 02:00:00:00:00:66 drop; }; }");
         let ip = ipv4(A, B, 17, 64, udp(1, 7, b"abcd"));
         let fr = ether([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 0x66], 0x0800, &ip);
         assert_eq!(
@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn meta_fields_and_ipv6() {
-        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n iifname \"fn0\" meta mark 0x00000007 drop\n ip6 saddr fe80::/10 meta l4proto udp meta nfproto ipv6 counter drop\n } }");
+        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy accept;\n iifname \"fn0\" meta mark 0x00000007 drop\n ip6 saddr fe80::/10 meta l4proto udp meta nfproto ipv6 counter drop\n }; }");
         let mut meta = PacketMeta {
             iif: IfName::new("fn0"),
             oif: None,
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn limit_token_bucket() {
-        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy drop; limit rate 2/second burst 1 packets accept } }");
+        let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy drop; limit rate 2/second burst 1 packets accept; }; }");
         let p = tcp4(1, 2);
         let mut acc = 0;
         for i in 0..10 {

@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn add_element() {
         let mut f = Filter::new(64);
-        f.replace("table ip t {\n set s { type ipv4_addr; flags interval; }\n chain c { type filter hook input priority 0; ip saddr @s drop }\n}").unwrap();
+        f.replace("table ip t {\n set s { type ipv4_addr; flags interval; }\n chain c { type filter hook input priority 0; ip saddr @s drop; }\n}").unwrap();
         let p = ipv4([10, 1, 2, 3], [2, 2, 2, 2], 17, 64, udp(5, 22, &[]));
         assert_eq!(
             f.evaluate(Hook::Input, LinkType::Ip, &p, &PacketMeta::default(), 0),

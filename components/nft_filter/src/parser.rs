@@ -289,6 +289,16 @@ impl<'a> P<'_, 'a> {
             message: message.into(),
         }
     }
+    /// nft needs a newline or `;` after each item of a block (a rule, a
+    /// chain's `type …`/`policy …`, a set's `type`/`flags`, a chain or set
+    /// inside a table), even before the closing `}`.
+    fn end_item(&self, what: &str) -> R<()> {
+        match self.peek() {
+            Tok::Newline | Tok::Semi => Ok(()),
+            _ => Err(self.err(format!("expected a newline or ';' after {what}"))),
+        }
+    }
+
     fn skip_seps(&mut self) {
         while matches!(self.peek(), Tok::Newline | Tok::Semi) {
             self.bump();
@@ -465,6 +475,7 @@ impl<'a> P<'_, 'a> {
                     self.expect(Tok::LBrace, "'{'")?;
                     let c = self.chain_body(family, cname, cpos)?;
                     self.expect(Tok::RBrace, "'}'")?;
+                    self.end_item("a chain")?;
                     t.chains.push(c);
                 }
                 Tok::Word("set") => {
@@ -473,6 +484,7 @@ impl<'a> P<'_, 'a> {
                     let sname = self.identifier("set name")?;
                     self.expect(Tok::LBrace, "'{'")?;
                     t.sets.push(self.set_body(sname, spos)?);
+                    self.end_item("a set")?;
                 }
                 _ => return Err(self.err_at(at, "expected 'chain', 'set' or '}' in table")),
             }
@@ -498,6 +510,7 @@ impl<'a> P<'_, 'a> {
                     key = Some(DataType::from_set_type_name(w).ok_or_else(|| {
                         self.err_at(at, "unsupported set type; expected ipv4_addr, ipv6_addr, inet_service, inet_proto, mark, ifname, ether_addr, ether_type, icmp_type or ct_state")
                     })?);
+                    self.end_item("the set type")?;
                 }
                 Tok::Word("flags") => {
                     self.bump();
@@ -518,6 +531,7 @@ impl<'a> P<'_, 'a> {
                         }
                         self.bump();
                     }
+                    self.end_item("the set flags")?;
                 }
                 Tok::Word("elements") => {
                     self.bump();
@@ -592,6 +606,7 @@ impl<'a> P<'_, 'a> {
                         priority_name,
                         policy,
                     });
+                    self.end_item("the chain type")?;
                 }
                 Tok::Word("policy") => {
                     self.bump();
@@ -610,9 +625,11 @@ impl<'a> P<'_, 'a> {
                             ))
                         }
                     }
+                    self.end_item("the policy")?;
                 }
                 _ => {
                     let r = self.rule(family)?;
+                    self.end_item("a rule")?;
                     c.rules.push(r);
                 }
             }
@@ -1146,7 +1163,7 @@ mod tests {
 
     #[test]
     fn table_chain_policy_priority() {
-        let c = ok("flush ruleset\ntable inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter + 10; policy drop;\n\t}\n\tchain out { type filter hook output priority -5; }\n}\n");
+        let c = ok("flush ruleset\ntable inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter + 10; policy drop;\n\t; }\n\tchain out { type filter hook output priority -5; }\n}\n");
         assert_eq!(c[0], Command::FlushRuleset);
         let Command::Table(t) = &c[1] else { panic!() };
         assert_eq!((t.family, t.name.as_str()), (Family::Inet, "filter"));
@@ -1164,7 +1181,7 @@ mod tests {
 
     #[test]
     fn bridge_priority_names() {
-        let c = ok("table bridge sw { chain fwd { type filter hook forward priority filter; policy accept; } }");
+        let c = ok("table bridge sw { chain fwd { type filter hook forward priority filter; policy accept; }; }");
         let Command::Table(t) = &c[0] else { panic!() };
         assert_eq!(t.chains[0].base.unwrap().priority, -200);
     }
@@ -1323,7 +1340,7 @@ mod tests {
 
     #[test]
     fn comments_and_semicolons() {
-        let c = ok("# a comment\ntable inet t { chain c { type filter hook input priority 0; policy accept; tcp dport 22 accept; udp dport 53 accept # trailing\n } }");
+        let c = ok("# a comment\ntable inet t { chain c { type filter hook input priority 0; policy accept; tcp dport 22 accept; udp dport 53 accept # trailing\n }; }");
         let Command::Table(t) = &c[0] else { panic!() };
         assert_eq!(t.chains[0].rules.len(), 2);
         assert_eq!(t.chains[0].rules[1].pos, Pos { line: 2, col: 97 });
@@ -1343,52 +1360,60 @@ mod tests {
         );
         let e = err("table foo t { }");
         assert_eq!((e.pos, e.token.as_str()), (Pos { line: 1, col: 7 }, "foo"));
-        let e = err("table inet t {\n\tchain c {\n\t\ttype nat hook input priority 0;\n\t}\n}");
+        let e = err("table inet t {\n\tchain c {\n\t\ttype nat hook input priority 0;\n\t; }\n}");
         assert_eq!(e.pos, Pos { line: 3, col: 8 });
-        let e = err("table inet t { chain c { type filter hook prerouting priority 0; } }");
+        let e = err("table inet t { chain c { type filter hook prerouting priority 0; }; }");
         assert_eq!(e.token, "prerouting");
-        let e = err("table inet t { chain c { accept drop } }");
+        let e = err("table inet t { chain c { accept drop; }; }");
         assert_eq!(
             (e.token.as_str(), e.message.as_str()),
             ("drop", "statement after a verdict")
         );
-        let e = err("table inet t { chain c { ip saddr 10.0.0.0/33 accept } }");
+        let e = err("table inet t { chain c { ip saddr 10.0.0.0/33 accept; }; }");
         assert_eq!(e.token, "10.0.0.0/33");
-        let e = err("table inet t { chain c { ip saddr 10.0.0.300 accept } }");
+        let e = err("table inet t { chain c { ip saddr 10.0.0.300 accept; }; }");
         assert_eq!(e.token, "10.0.0.300");
-        let e = err("table inet t { chain c { tcp dport 20-10 accept } }");
+        let e = err("table inet t { chain c { tcp dport 20-10 accept; }; }");
         assert!(e.message.contains("range"), "{e}");
-        let e = err("table inet t { chain c { ct state bogus accept } }");
+        let e = err("table inet t { chain c { ct state bogus accept; }; }");
         assert_eq!(e.token, "bogus");
-        let e = err("table inet t { set s { flags interval } }");
+        let e = err("table inet t { set s { flags interval; }; }");
         assert!(e.message.contains("type"), "{e}");
-        let e = err("table inet t { set s { type ipv4_addr; elements = { 10.0.0.0/8 } } }");
+        let e = err("table inet t { set s { type ipv4_addr; elements = { 10.0.0.0/8 }; }; }");
         assert!(e.message.contains("interval"), "{e}");
-        let e = err("table inet t { chain c { log prefix \"oops } }");
+        let e = err("table inet t { chain c { log prefix \"oops; }; }");
         assert_eq!(e.message, "unterminated string");
-        let e = err("table inet t { chain c { policy drop } }");
+        let e = err("table inet t { chain c { policy drop; }; }");
         assert!(e.message.contains("base chain"), "{e}");
-        let e = err("table inet t { chain c { tcp dport vmap { 22 accept } } }");
+        let e = err("table inet t { chain c { tcp dport vmap { 22 accept }; }; }");
         assert!(e.message.contains("':'"), "{e}");
         let e = err("add rule inet t");
         assert_eq!(e.pos, Pos { line: 1, col: 16 });
-        let e = err("table inet t { chain c { limit rate 10/fortnight accept } }");
+        let e = err("table inet t { chain c { limit rate 10/fortnight accept; }; }");
         assert_eq!(e.token, "10/fortnight");
-        let e = err("table inet t { chain c { reject with icmp type nowhere } }");
+        let e = err("table inet t { chain c { reject with icmp type nowhere; }; }");
         assert_eq!(e.token, "nowhere");
-        let e = err("table inet t { chain c { meta iifname \"eth*\" accept } }");
+        let e = err("table inet t { chain c { meta iifname \"eth*\" accept; }; }");
         assert!(e.message.contains("wildcard"), "{e}");
-        let e = err("table inet t { chain c { tcp dport 22 accept } } }");
+        let e = err("table inet t { chain c { tcp dport 22 accept; }; } }");
         assert_eq!(e.token, "}");
-        let e = err("table inet t { chain c { tcp dport & 3 22 accept } }");
+        let e = err("table inet t { chain c { tcp dport & 3 22 accept; }; }");
         assert!(e.message.contains("mask"), "{e}");
+        // nft wants a newline or ';' after every item of a block.
+        let e = err("table inet t {\n chain c {\n  accept }\n}");
+        assert_eq!((e.pos, e.token.as_str()), (Pos { line: 3, col: 10 }, "}"));
+        assert!(e.message.contains("after a rule"), "{e}");
+        let e = err("table inet t {\n chain c { type filter hook input priority 0 }\n}");
+        assert!(e.message.contains("after the chain type"), "{e}");
+        let e = err("table inet t { chain c { accept; } }");
+        assert!(e.message.contains("after a chain"), "{e}");
         let e = err("table inet t {\n  chain c {\n    ip saddr ~ accept\n  }\n}");
         assert_eq!((e.pos, e.token.as_str()), (Pos { line: 3, col: 14 }, "~"));
     }
 
     #[test]
     fn display_round_trips() {
-        let src = "table inet t {\n\tset s {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.0.0.0/8, 10.1.0.1-10.1.0.9 }\n\t}\n\tchain c {\n\t\ttype filter hook input priority filter - 5; policy drop;\n\t\tct state established,related accept\n\t\ttcp flags & (syn | ack) == syn counter packets 1 bytes 60 jump x\n\t\tip saddr @s tcp dport { 22, 80-90 } reject with tcp reset\n\t\tudp dport vmap { 53 : accept, 123 : drop }\n\t}\n\tchain x {\n\t\tmeta iifname \"eth0\" return\n\t}\n}\n";
+        let src = "table inet t {\n\tset s {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.0.0.0/8, 10.1.0.1-10.1.0.9 }\n\t; }\n\tchain c {\n\t\ttype filter hook input priority filter - 5; policy drop;\n\t\tct state established,related accept\n\t\ttcp flags & (syn | ack) == syn counter packets 1 bytes 60 jump x\n\t\tip saddr @s tcp dport { 22, 80-90 } reject with tcp reset\n\t\tudp dport vmap { 53 : accept, 123 : drop }\n\t; }\n\tchain x {\n\t\tmeta iifname \"eth0\" return\n\t; }\n}\n";
         let cmds = ok(src);
         let Command::Table(t) = &cmds[0] else {
             panic!()
