@@ -459,6 +459,27 @@ mod tests {
     }
 
     #[test]
+    fn rulesets_can_be_built_on_another_thread() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Ruleset>();
+        send_sync::<Arc<Ruleset>>();
+        let mut f = Filter::new(64);
+        f.replace(BASE).unwrap();
+        let current = f.ruleset().clone();
+        let text = "add rule inet t c udp dport 53 drop";
+        // Parse + compile elsewhere (here: a thread), install between batches.
+        let built = std::thread::spawn(move || {
+            let cmds = crate::parse(text).unwrap();
+            let tables = apply_commands(current.snapshot(), cmds, 1000).unwrap();
+            Arc::new(Ruleset::compile(tables).unwrap())
+        })
+        .join()
+        .unwrap();
+        let g = f.install(built);
+        assert_eq!((g, f.ruleset().rule_count()), (2, 2));
+    }
+
+    #[test]
     fn add_element() {
         let mut f = Filter::new(64);
         f.replace("table ip t {\n set s { type ipv4_addr; flags interval; }\n chain c { type filter hook input priority 0; ip saddr @s drop; }\n}").unwrap();

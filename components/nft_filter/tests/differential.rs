@@ -1173,6 +1173,7 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
     if let Err(e) = f.replace(&text) {
         panic!("nft_filter refused ruleset {k} that the kernel took: {e}\n{text}");
     }
+    check_listing(&ns, &f, &mut t.mismatches);
     let meta = PacketMeta {
         iif: IfName::new(&tap_name),
         oif: None,
@@ -1413,6 +1414,24 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
     }
 }
 
+/// Our `list ruleset` of what we loaded must be valid for `nft -c` and
+/// parse back to the same listing.
+fn check_listing(ns: &Netns, f: &Filter, mismatches: &mut Vec<String>) {
+    let listing = f.list_ruleset();
+    if let Err(e) = ns.exec(&["nft", "-c", "-f", "-"], Some(&listing)) {
+        mismatches.push(format!("nft -c refuses our listing: {e}\n{listing}"));
+    }
+    let mut again = Filter::new(64);
+    match again.replace(&listing) {
+        Ok(_) if again.list_ruleset() == listing => {}
+        Ok(_) => mismatches.push(format!(
+            "listing does not round-trip:\n{listing}\n{}",
+            again.list_ruleset()
+        )),
+        Err(e) => mismatches.push(format!("we refuse our own listing: {e}\n{listing}")),
+    }
+}
+
 /// Runs a frame the kernel sent (so its output hook accepted it) through
 /// our output hook; it must pass there too.
 fn feed_output(f: &mut Filter, frame: &[u8], now: u64, oif: &str, mismatches: &mut Vec<String>) {
@@ -1499,6 +1518,7 @@ fn one_bridge_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
     if let Err(e) = f.replace(&text) {
         panic!("nft_filter refused bridge ruleset {k} that the kernel took: {e}\n{text}");
     }
+    check_listing(&ns, &f, &mut t.mismatches);
     let meta = PacketMeta {
         iif: IfName::new(&port_a),
         oif: IfName::new(&port_b),
