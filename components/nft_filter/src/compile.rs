@@ -600,12 +600,13 @@ impl Ruleset {
                     burst,
                     over,
                 } => {
-                    // nft_limit_init: tokens_max = nsecs * (rate + burst) / rate,
-                    // cost = nsecs / rate; the bucket starts full.
+                    // nft_limit_init, packet mode: cost = nsecs / rate and
+                    // the bucket holds `burst` packets' worth, full at start
+                    // (checked against the kernel: `limit rate 10/second`,
+                    // default burst 5, lets 5 packets of a burst through).
                     let ns = per.nanos() as u128;
-                    let tokens_max = (ns * (*rate as u128 + *burst as u128) / *rate as u128)
-                        .min(u64::MAX as u128) as u64;
                     let cost = (ns / *rate as u128) as u64;
+                    let tokens_max = (cost as u128 * *burst as u128).min(u64::MAX as u128) as u64;
                     self.limits.push(Limit {
                         tokens: AtomicU64::new(tokens_max),
                         last: AtomicU64::new(u64::MAX),

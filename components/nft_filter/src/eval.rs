@@ -534,6 +534,24 @@ mod tests {
     }
 
     #[test]
+    fn limit_matches_kernel_burst() {
+        // The same rules and burst of 60 packets gave these counters in the
+        // kernel (6.18): 5, 3 and 57.
+        let mut f = filter("table inet t {\n chain c {\n  type filter hook input priority 0;\n  limit rate 10/second counter\n  limit rate 10/second burst 3 packets counter\n  limit rate over 10/second burst 3 packets counter\n }\n}\n");
+        for i in 0..60 {
+            f.evaluate(
+                Hook::Input,
+                LinkType::Ip,
+                &tcp4(1, 2),
+                &PacketMeta::default(),
+                1_000 + i * 1_000,
+            );
+        }
+        let c: Vec<u64> = counters(&f).iter().map(|c| c.0).collect();
+        assert_eq!(c, [5, 3, 57]);
+    }
+
+    #[test]
     fn limit_token_bucket() {
         let mut f = filter("table inet t { chain c { type filter hook input priority 0; policy drop; limit rate 2/second burst 1 packets accept; }; }");
         let p = tcp4(1, 2);
@@ -550,7 +568,7 @@ mod tests {
                 acc += 1;
             }
         }
-        assert_eq!(acc, 3); // rate + burst worth of tokens at start
+        assert_eq!(acc, 1); // `burst` packets' worth of tokens at start
         assert_eq!(
             f.evaluate(
                 Hook::Input,
