@@ -655,16 +655,25 @@ impl Ruleset {
                                         && m.rhs == Rhs::Elem(Elem::Value(6)))
                                 }
                                 2 | 10 | 0x0800 | 0x86dd
-                                    if m.field == Field::MetaNfproto
-                                        && matches!(m.op, CmpOp::Implicit | CmpOp::Eq)
-                                        && m.rhs
-                                            == Rhs::Elem(Elem::Value(
-                                                if matches!(dep_value, 2 | 0x0800) {
-                                                    2
-                                                } else {
-                                                    10
-                                                },
-                                            )) =>
+                                    if matches!(m.op, CmpOp::Implicit | CmpOp::Eq)
+                                        && ((m.field == Field::MetaNfproto
+                                            && m.rhs
+                                                == Rhs::Elem(Elem::Value(
+                                                    if matches!(dep_value, 2 | 0x0800) {
+                                                        2
+                                                    } else {
+                                                        10
+                                                    },
+                                                )))
+                                            || (m.field == Field::EtherType
+                                                && m.rhs
+                                                    == Rhs::Elem(Elem::Value(
+                                                        if matches!(dep_value, 2 | 0x0800) {
+                                                            0x0800
+                                                        } else {
+                                                            0x86dd
+                                                        },
+                                                    )))) =>
                                 {
                                     true
                                 }
