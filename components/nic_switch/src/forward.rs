@@ -6,8 +6,8 @@
 //! is learned, looked up, passed through the filter hook and *copied* into
 //! the transmit buffers of its egress port(s) (memory is private to each
 //! pair of components, so a frame never leaves its ingress region by
-//! reference). Each port that received frames in the round is flushed once,
-//! at the end: one doorbell at most per port and round.
+//! reference). Each port that received or sent frames in the round is
+//! flushed once, at the end: one doorbell at most per port and round.
 //!
 //! The same code runs in the `nic_switch` binary and in the forwarding
 //! benchmark (`benches/forward.rs`).
@@ -217,9 +217,15 @@ impl<P: PortIo> Switch<P> {
                 continue;
             };
             let counters = &mut ingress.counters;
-            received += io.recv_batch(*batch, |frame| {
+            let n = io.recv_batch(*batch, |frame| {
                 forward_one(frame, i, counters, before, after, table, filter, now);
             });
+            received += n;
+            // Receiving returned buffers to the peer's free ring; a flush
+            // publishes that and wakes a peer asleep on a full ring.
+            if n > 0 {
+                ingress.dirty = true;
+            }
             // Replies to frames a `reject` rule refused go back out of the
             // port they came in on.
             if filter.has_replies() {
@@ -527,7 +533,16 @@ mod tests {
         );
         assert_eq!(io(&mut s, 1).tx.len(), 4);
         assert_eq!(io(&mut s, 1).flushes, 1);
-        assert_eq!(io(&mut s, 0).flushes, 0);
+        // The ingress port is flushed too: its returned buffers may be what
+        // a producer blocked on a full ring waits for.
+        assert_eq!(io(&mut s, 0).flushes, 1);
+        s.poll(0, |_| {});
+        assert_eq!(io(&mut s, 0).flushes, 2);
+        assert_eq!(io(&mut s, 1).flushes, 2);
+        // An idle round flushes nothing.
+        io(&mut s, 0).rx.clear();
+        s.poll(0, |_| {});
+        assert_eq!(io(&mut s, 0).flushes, 2);
     }
 
     #[test]
