@@ -13,6 +13,7 @@
 //! * the reply a `reject` sends (ICMP error or RST), when it next passes
 //!   the output hook: **related**, reply direction, as the kernel attaches
 //!   the rejected packet's entry to it;
+//! * ICMPv6 neighbour discovery and MLD: **untracked**;
 //! * everything the tracker refuses: **invalid** (no entry): ICMP replies
 //!   and non-error types without a request, TCP packets whose flags are an
 //!   invalid combination or whose transition is invalid in the kernel's
@@ -394,9 +395,11 @@ impl Conntrack {
                 be32(d, v.l3 + 16).map(u128::from),
             ),
             6 => (be128(d, v.l3 + 8), be128(d, v.l3 + 24)),
+            // Not IP (ARP at a bridge): no conntrack entry, which `ct state`
+            // reads as invalid.
             _ => {
                 return CtInfo {
-                    state: state::UNTRACKED,
+                    state: state::INVALID,
                     direction: None,
                     pending: None,
                 }
@@ -438,6 +441,15 @@ impl Conntrack {
                 }
                 if icmp_is_error(proto, ty) {
                     return self.related(v, l4, proto, now);
+                }
+                // Neighbour discovery and MLD are never tracked
+                // (nf_conntrack_proto_icmpv6 `noct_valid_new`): untracked.
+                if proto == 58 && matches!(ty, 130..=136 | 143) {
+                    return CtInfo {
+                        state: state::UNTRACKED,
+                        direction: None,
+                        pending: None,
+                    };
                 }
                 t.sport = id;
                 t.dport = ty as u16;
@@ -730,6 +742,26 @@ mod tests {
         let udp1 = ipv4(A, B, 17, 64, udp(5, 6, b""));
         assert_eq!(track(&mut ct, &udp1, 0).0, state::NEW);
         assert_eq!(track(&mut ct, &udp1, 29 * SECOND).0, state::NEW);
+    }
+
+    #[test]
+    fn neighbour_discovery_is_untracked() {
+        let mut ct = Conntrack::new(64, 1);
+        let ns = ipv6(
+            0xfd01u128 << 112 | 1,
+            0xfd00u128 << 112 | 1,
+            58,
+            icmp(135, 0, 0, 0, &[0; 16]),
+        );
+        assert_eq!(track(&mut ct, &ns, 0), (state::UNTRACKED, None));
+        let echo = ipv6(
+            0xfd01u128 << 112 | 1,
+            0xfd00u128 << 112 | 1,
+            58,
+            icmp(128, 0, 9, 1, b"x"),
+        );
+        assert_eq!(track(&mut ct, &echo, 0), (state::NEW, Some(0)));
+        assert_eq!(ct.stats().entries, 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use core::sync::atomic::Ordering;
 
 use crate::ast::{Command, Pos, Stmt, Table};
 use crate::compile::{CompileError, Proto, Ruleset};
-use crate::conntrack::{state, Conntrack, CtStats};
+use crate::conntrack::{Conntrack, CtStats};
 use crate::eval::{Ctx, Verdict};
 use crate::packet::{LinkType, PacketMeta, View};
 use crate::parser::{parse, typed_elem, ParseError};
@@ -324,11 +324,7 @@ impl Filter {
         };
         let rs = &*self.active;
         let ct = if rs.uses_ct {
-            let mut info = self.ct.track(&view, now_ns);
-            if info.state == state::UNTRACKED {
-                info.state = state::INVALID;
-            }
-            Some(info)
+            Some(self.ct.track(&view, now_ns))
         } else {
             None
         };
