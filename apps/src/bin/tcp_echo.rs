@@ -22,6 +22,9 @@ struct Opt {
     backlog: u32,
 }
 
+/// Bytes read and not yet echoed, per connection, at most.
+const MAX_PENDING: usize = 4 << 20;
+
 struct Conn {
     s: fragnet::TcpStream,
     buf: Vec<u8>,
@@ -86,6 +89,10 @@ fn serve(opt: Opt, addr: SocketAddr) -> io::Result<()> {
                     Err(_) => return false,
                 }
             }
+            if c.off >= 256 * 1024 && c.off < c.buf.len() {
+                c.buf.drain(..c.off);
+                c.off = 0;
+            }
             if c.off == c.buf.len() {
                 c.buf.clear();
                 c.off = 0;
@@ -94,7 +101,10 @@ fn serve(opt: Opt, addr: SocketAddr) -> io::Result<()> {
                     return false;
                 }
             }
-            if !c.eof && c.buf.len() < 64 * 1024 {
+            // Keep reading while the echo waits to be written (up to
+            // MAX_PENDING): a peer that sends everything before it reads
+            // must not see our window close because our writes wait.
+            if !c.eof && c.buf.len() - c.off < MAX_PENDING {
                 match (&c.s).read(&mut tmp) {
                     Ok(0) => {
                         c.eof = true;

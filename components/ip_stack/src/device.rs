@@ -11,8 +11,10 @@
 //!
 //! smoltcp builds immediate answers (ARP replies, echo replies, RSTs) with
 //! the tx token it got *together with* the rx token, while the received
-//! frame is still borrowed; such a frame is built in a one-frame scratch
-//! buffer and queued as soon as the received frame is released.
+//! frame is still borrowed; such a frame is built in a small ring of
+//! held-back frames (64, allocated once) and queued as soon as the received
+//! frame is released, or in a later round if the channel is full (reception
+//! pauses while that ring is full, so no answer is lost).
 //!
 //! Every received frame is classified first ([`crate::classify`]) and passed
 //! through the input filter hook; every transmitted one through the output
@@ -78,13 +80,46 @@ pub struct Shared {
     pub ports: Ports,
     pub counters: Counters,
     pub filter: RefCell<Filter>,
-    /// The answer smoltcp built while a received frame was borrowed.
+    /// Answers smoltcp built while a received frame was borrowed, waiting
+    /// for room in the ring.
     deferred: RefCell<Deferred>,
 }
 
+/// Frames held back: a fixed ring of `DEFERRED` frame buffers (allocated
+/// once), so an answer is not lost when the ring is momentarily full.
 struct Deferred {
-    buf: Box<[u8]>,
-    len: usize,
+    bufs: Box<[u8]>,
+    lens: [usize; DEFERRED],
+    head: usize,
+    count: usize,
+    mtu: usize,
+    /// Where a frame is built that cannot be queued anywhere (then dropped).
+    scratch: Box<[u8]>,
+}
+
+/// Frames the device holds back at most.
+const DEFERRED: usize = 64;
+
+impl Deferred {
+    fn new(mtu: usize) -> Deferred {
+        Deferred {
+            bufs: vec![0; mtu * DEFERRED].into_boxed_slice(),
+            lens: [0; DEFERRED],
+            head: 0,
+            count: 0,
+            mtu,
+            scratch: vec![0; mtu].into_boxed_slice(),
+        }
+    }
+
+    /// The buffer of the next free slot, if any.
+    fn slot(&mut self) -> Option<(usize, &mut [u8])> {
+        if self.count == DEFERRED {
+            return None;
+        }
+        let i = (self.head + self.count) % DEFERRED;
+        Some((i, &mut self.bufs[i * self.mtu..(i + 1) * self.mtu]))
+    }
 }
 
 /// The device: a frame queue and the shared state of its tokens.
@@ -105,17 +140,13 @@ impl<Q: FrameQueue> NicDevice<Q> {
                 ports: Ports::default(),
                 counters: Counters::new(),
                 filter: RefCell::new(Filter::default()),
-                deferred: RefCell::new(Deferred {
-                    buf: vec![0; mtu].into_boxed_slice(),
-                    len: 0,
-                }),
+                deferred: RefCell::new(Deferred::new(mtu)),
             },
             mtu,
         }
     }
 
-    /// Queues a frame left in the scratch buffer (if the ring was full
-    /// when it was built).
+    /// Queues the frames held back, as far as the ring has room.
     pub fn flush_deferred(&mut self) {
         flush_deferred(&mut self.queue, &self.shared);
     }
@@ -123,23 +154,24 @@ impl<Q: FrameQueue> NicDevice<Q> {
 
 fn flush_deferred<Q: FrameQueue>(queue: &mut Q, shared: &Shared) {
     let mut d = shared.deferred.borrow_mut();
-    if d.len == 0 {
-        return;
-    }
-    let len = d.len;
-    let sent = queue.send_with(len, |buf| match buf.get_mut(..len) {
-        Some(out) => {
-            out.copy_from_slice(&d.buf[..len]);
-            len
+    while d.count > 0 {
+        let (i, mtu) = (d.head, d.mtu);
+        let len = d.lens[i];
+        let frame = &d.bufs[i * mtu..i * mtu + len];
+        let sent = queue.send_with(len, |buf| match buf.get_mut(..len) {
+            Some(out) => {
+                out.copy_from_slice(frame);
+                len
+            }
+            None => 0,
+        });
+        if !sent {
+            return; // kept for the next round
         }
-        None => 0,
-    });
-    if sent {
         bump(&shared.counters.tx_frames);
-    } else {
-        shared.counters.count(Reason::TxRingFull);
+        d.head = (d.head + 1) % DEFERRED;
+        d.count -= 1;
     }
-    d.len = 0;
 }
 
 fn send_reject<Q: FrameQueue>(queue: &mut Q, shared: &Shared) {
@@ -176,6 +208,13 @@ impl<Q: FrameQueue> phy::Device for NicDevice<Q> {
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_, Q>, TxToken<'_, Q>)> {
         if !self.queue.rx_pending() {
             return None;
+        }
+        // No room for an answer: receive again once frames went out.
+        if self.shared.deferred.borrow().count == DEFERRED {
+            flush_deferred(&mut self.queue, &self.shared);
+            if self.shared.deferred.borrow().count == DEFERRED {
+                return None;
+            }
         }
         let NicDevice { queue, shared, .. } = self;
         let shared = &*shared;
@@ -290,10 +329,7 @@ impl<Q: FrameQueue> phy::TxToken for TxToken<'_, Q> {
                 result = Some(f(frame));
             }
             match shared.filter.borrow_mut().output(frame) {
-                filter::Verdict::Accept => {
-                    bump(&shared.counters.tx_frames);
-                    len
-                }
+                filter::Verdict::Accept => len,
                 filter::Verdict::Drop => {
                     shared.counters.count(Reason::FilterOutput);
                     0
@@ -302,14 +338,27 @@ impl<Q: FrameQueue> phy::TxToken for TxToken<'_, Q> {
         };
         match queue {
             Some(queue) => {
-                if !queue.send_with(len, &mut build) {
+                let mut queued = 0;
+                if !queue.send_with(len, |buf| {
+                    queued = build(buf);
+                    queued
+                }) {
                     shared.counters.count(Reason::TxRingFull);
+                } else if queued > 0 {
+                    bump(&shared.counters.tx_frames);
                 }
             }
             None => {
                 let mut d = shared.deferred.borrow_mut();
-                let d = &mut *d;
-                d.len = build(&mut d.buf);
+                if let Some((i, buf)) = d.slot() {
+                    let n = build(buf);
+                    if n > 0 {
+                        d.lens[i] = n;
+                        d.count += 1;
+                    }
+                } else {
+                    shared.counters.count(Reason::TxRingFull);
+                }
             }
         }
         match result {
@@ -318,8 +367,8 @@ impl<Q: FrameQueue> phy::TxToken for TxToken<'_, Q> {
             // built into the scratch buffer and dropped (counted above).
             None => {
                 let mut d = shared.deferred.borrow_mut();
-                let n = len.min(d.buf.len());
-                (f.take().expect("f is only taken when result is set"))(&mut d.buf[..n])
+                let n = len.min(d.scratch.len());
+                (f.take().expect("f is only taken when result is set"))(&mut d.scratch[..n])
             }
         }
     }

@@ -135,6 +135,11 @@ struct Sock {
     eof_sent: bool,
     err_sent: bool,
     shut_wr: bool,
+    /// Bytes taken out of a full smoltcp receive buffer ahead of the
+    /// application's credit (see `poll_tcp`), delivered before anything
+    /// else; empty (and unallocated) unless needed.
+    stash: Vec<u8>,
+    stash_off: usize,
 }
 
 impl Sock {
@@ -154,6 +159,8 @@ impl Sock {
             eof_sent: false,
             err_sent: false,
             shut_wr: false,
+            stash: Vec::new(),
+            stash_off: 0,
         }
     }
 }
@@ -890,10 +897,11 @@ impl Service {
                 let t = sockets.get::<smoltcp::socket::tcp::Socket>(h);
                 let _ = writeln!(
                     out,
-                    "tcp_sock_{:x} state={} rx_credit={} recv_queue={} send_queue={} granted={} enqueued={} eof_sent={} err_sent={}",
+                    "tcp_sock_{:x} state={} rx_credit={} stash={} recv_queue={} send_queue={} granted={} enqueued={} eof_sent={} err_sent={}",
                     s.id,
                     t.state(),
                     s.rx_credit,
+                    s.stash.len() - s.stash_off,
                     t.recv_queue(),
                     t.send_queue(),
                     s.granted,
@@ -914,6 +922,13 @@ impl Service {
         )
     }
 }
+
+/// Receive window kept open while data is in flight (see `poll_tcp`).
+#[cfg(feature = "tcp")]
+const WINDOW_RESERVE: usize = 8 * 1024;
+/// Most bytes stashed per connection for that.
+#[cfg(feature = "tcp")]
+const STASH_MAX: usize = 16 * 1024;
 
 #[cfg(feature = "tcp")]
 fn new_tcp(l: &Limits) -> smoltcp::socket::tcp::Socket<'static> {
@@ -1013,8 +1028,25 @@ fn poll_tcp<A: FrameQueue>(s: &mut Sock, cx: &mut Cx<'_, '_>, app: &mut A, max: 
     if !s.live {
         return work;
     }
+    // Bytes stashed earlier go first.
+    while s.rx_credit > 0 && s.stash_off < s.stash.len() {
+        let n = (s.stash.len() - s.stash_off)
+            .min(max)
+            .min(s.rx_credit as usize);
+        let chunk = &s.stash[s.stash_off..s.stash_off + n];
+        if !emit(app, &Msg::new(Op::Data).sock(s.id), chunk) {
+            break;
+        }
+        s.stash_off += n;
+        s.rx_credit -= n as u32;
+        work = true;
+        if s.stash_off == s.stash.len() {
+            s.stash.clear();
+            s.stash_off = 0;
+        }
+    }
     // Received bytes, as far as the application granted credit.
-    while s.rx_credit > 0 && tcp.can_recv() {
+    while s.stash.is_empty() && s.rx_credit > 0 && tcp.can_recv() {
         let cap = max.min(s.rx_credit as usize).min(tcp.recv_queue());
         let mut got = 0;
         let id = s.id;
@@ -1035,13 +1067,29 @@ fn poll_tcp<A: FrameQueue>(s: &mut Sock, cx: &mut Cx<'_, '_>, app: &mut A, max: 
         s.rx_credit -= got as u32;
         work = true;
     }
+    // Keep the receive window from closing completely while we have data
+    // in flight: smoltcp 0.14 ignores the acknowledgement carried by a
+    // segment that arrives in a zero window, so a peer that keeps sending
+    // into it can never acknowledge our data, and an application that
+    // waits for its writes before reading more (an echo server) deadlocks
+    // with it. A few KiB moved out of smoltcp's buffer ahead of the credit
+    // keep the window open; they are delivered first when credit comes.
+    let room = tcp.recv_capacity() - tcp.recv_queue();
+    if room < WINDOW_RESERVE && tcp.send_queue() > 0 && s.stash.len() < STASH_MAX {
+        let old = s.stash.len();
+        let want = (STASH_MAX - old).min(tcp.recv_queue());
+        s.stash.resize(old + want, 0);
+        let got = tcp.recv_slice(&mut s.stash[old..]).unwrap_or(0);
+        s.stash.truncate(old + got);
+        work |= got > 0;
+    }
     if matches!(
         state,
         State::CloseWait | State::LastAck | State::Closing | State::TimeWait
     ) {
         s.fin_seen = true;
     }
-    if !s.eof_sent && !s.err_sent && !tcp.can_recv() {
+    if !s.eof_sent && !s.err_sent && !tcp.can_recv() && s.stash.is_empty() {
         if s.fin_seen && !tcp.may_recv() {
             if emit(app, &Msg::new(Op::Eof).sock(s.id), &[]) {
                 s.eof_sent = true;
