@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --release --workspace --bins
-cargo test --release --workspace "$@"
+cargo test --release --workspace --no-fail-fast "$@"
