@@ -40,6 +40,22 @@ fn pattern() -> Vec<u8> {
     (0..CHUNK + 251).map(|i| (i % 251) as u8).collect()
 }
 
+/// Whether `data`, found at stream offset `at`, follows the pattern. The
+/// pattern repeats every 251 bytes: whole slices are compared (memcmp)
+/// against `pat` at the right phase.
+fn matches_pattern(pat: &[u8], at: u64, data: &[u8]) -> bool {
+    let mut k = 0;
+    while k < data.len() {
+        let off = ((at + k as u64) % 251) as usize;
+        let m = (data.len() - k).min(pat.len() - 251);
+        if data[k..k + m] != pat[off..off + m] {
+            return false;
+        }
+        k += m;
+    }
+    true
+}
+
 /// Sends and receives on `s` until done; returns (sent, received, ok).
 fn transfer(s: &mut Tcp, opt: &Opt, shutdown: impl Fn(&Tcp)) -> io::Result<(u64, u64, bool)> {
     let pat = pattern();
@@ -69,11 +85,7 @@ fn transfer(s: &mut Tcp, opt: &Opt, shutdown: impl Fn(&Tcp)) -> io::Result<(u64,
         if n == 0 {
             break;
         }
-        for (k, b) in buf[..n].iter().enumerate() {
-            if *b != ((got + k as u64) % 251) as u8 {
-                ok = false;
-            }
-        }
+        ok &= matches_pattern(&pat, got, &buf[..n]);
         got += n as u64;
     }
     if !half_close {
@@ -152,5 +164,24 @@ fn main() -> io::Result<()> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_check_finds_any_wrong_byte() {
+        let pat = pattern();
+        let stream: Vec<u8> = (0..300_000u64).map(|i| (i % 251) as u8).collect();
+        assert!(matches_pattern(&pat, 0, &stream));
+        assert!(matches_pattern(&pat, 1000, &stream[1000..200_000]));
+        for bad in [0usize, 250, 251, 65_535, 65_536, 299_999] {
+            let mut s = stream.clone();
+            s[bad] ^= 1;
+            assert!(!matches_pattern(&pat, 0, &s), "flip at {bad} not seen");
+        }
+        assert!(!matches_pattern(&pat, 1, &stream[..10]), "wrong phase");
     }
 }
