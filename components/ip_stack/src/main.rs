@@ -205,11 +205,15 @@ impl Stack {
                     return Ok(exit);
                 }
             }
-            let now = self.now();
-            let delay = self
-                .iface
-                .poll_delay(now, &self.sockets)
-                .map(|d| std::time::Duration::from_micros(d.total_micros()));
+            // smoltcp's next timer matters only when we may sleep.
+            let delay = if work {
+                None
+            } else {
+                let now = self.now();
+                self.iface
+                    .poll_delay(now, &self.sockets)
+                    .map(|d| std::time::Duration::from_micros(d.total_micros()))
+            };
             let Stack {
                 dev, app, control, ..
             } = self;
