@@ -53,6 +53,11 @@ impl Topo {
 
     /// tap → ip_stack (`stack`) → `app` with `app_config` attributes.
     fn tap(test: &str, net: u8, app: &str, app_config: &str) -> Topo {
+        Topo::tap_with(test, net, "", app, app_config)
+    }
+
+    /// Like [`Topo::tap`], with extra attributes for the stack's config.
+    fn tap_with(test: &str, net: u8, stack_config: &str, app: &str, app_config: &str) -> Topo {
         let ns = NetNs::new("fnstk");
         let dir = TempDir::new("fnstk");
         let ifname = format!("fs{}{}", std::process::id() % 100000, net);
@@ -65,7 +70,7 @@ impl Topo {
   </start>
   <start name="stack">
     <binary name="ip_stack"/>
-    <config ip="10.{net}.0.10/24" gateway="10.{net}.0.1" mac="{STACK_MAC}"/>
+    <config ip="10.{net}.0.10/24" gateway="10.{net}.0.1" mac="{STACK_MAC}" {stack_config}/>
     <route><service name="Nic"><child name="nic_drv" queue="0"/></service></route>
     <provides><service name="Socket"/></provides>
   </start>
@@ -196,7 +201,17 @@ fn ping_udp_echo_and_app_holds_only_its_channel() {
 #[test]
 fn hundred_linux_tcp_connections_one_mib_each_way() {
     need_root!();
-    let t = Topo::tap("tcp100", 82, "tcp_echo", r#"port="7" backlog="128""#);
+    // 64 KiB windows: 100 connections then have at most ~6 MiB in flight
+    // towards the stack's 1024-frame NIC channel (256 KiB windows allow 25
+    // MiB, and the frame loss that follows makes recovery slow: smoltcp
+    // has no SACK).
+    let t = Topo::tap_with(
+        "tcp100",
+        82,
+        r#"tcp_rx_buf="65536" tcp_tx_buf="65536""#,
+        "tcp_echo",
+        r#"port="7" backlog="128""#,
+    );
     let ip = t.stack_ip();
     let (ok, errors) = in_ns(&t.ns, move || {
         let handles: Vec<_> = (0..100u32)
