@@ -506,8 +506,11 @@ impl Endpoint {
     }
 
     /// Zero-copy send: `fill` gets a buffer of `max_len` bytes and returns how
-    /// many it wrote; that many bytes are queued. A length above `max_len`
-    /// queues nothing and returns `TooLong`. Not visible before `flush`.
+    /// many it wrote; that many bytes are queued. Returning 0 cancels: nothing
+    /// is queued, the buffer stays free, and `Ok(0)` is returned (so a caller
+    /// that decides late not to send, e.g. a filter drop, sends no empty
+    /// frame). A length above `max_len` queues nothing and returns
+    /// `TooLong`. Not visible before `flush`.
     ///
     /// The buffer lies in memory the peer can also write (a hostile peer
     /// could scribble on it); treat it as output only.
@@ -527,6 +530,11 @@ impl Endpoint {
         let len = fill(buf);
         if len > max_len {
             return Err(TxError::TooLong);
+        }
+        if len == 0 {
+            // Nothing was taken off the free ring yet (`tx_commit` does
+            // that), so cancelling is just not committing.
+            return Ok(0);
         }
         self.tx_commit(offset, len as u32);
         Ok(len)

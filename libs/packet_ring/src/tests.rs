@@ -168,6 +168,12 @@ fn round_trip_both_directions() {
         .unwrap();
     assert_eq!(n, 3);
     assert_eq!(b.send_with(300, |_| 0), Err(TxError::TooLong));
+    // Returning 0 cancels: nothing is queued, the buffer is not used up.
+    let space = b.tx_space();
+    let unflushed = b.tx_unflushed();
+    assert_eq!(b.send_with(10, |_| 0), Ok(0));
+    assert_eq!(b.tx_unflushed(), unflushed);
+    assert_eq!(b.tx_space(), space);
     assert_eq!(b.send_with(10, |_| 11), Err(TxError::TooLong));
     b.flush();
     assert_eq!(
