@@ -369,6 +369,11 @@ pub struct Ruleset {
     /// Base chains per hook and packet kind, in priority order.
     pub(crate) hooks: [[Vec<u32>; 3]; 3],
     pub(crate) uses_ct: bool,
+    /// Per hook and packet kind: the conntrack states (bits of
+    /// `conntrack::state`) for which every base chain accepts at once, so
+    /// that a packet in such a state needs only the tracker (see
+    /// [`Ruleset::ct_accept_states`]).
+    pub(crate) ct_fast: [[u32; 3]; 3],
     pub(crate) generation: u64,
 }
 
@@ -406,6 +411,7 @@ impl Ruleset {
             limits: Vec::new(),
             hooks: Default::default(),
             uses_ct: false,
+            ct_fast: [[0; 3]; 3],
             generation: 0,
         };
         // Chain indices of every table first, so jumps resolve forward.
@@ -496,8 +502,65 @@ impl Ruleset {
                 rs.hooks[hook.index()][*k as usize].push(idx);
             }
         }
+        for h in 0..3 {
+            for k in 0..3 {
+                rs.ct_fast[h][k] = rs.ct_accept_states(h, k);
+            }
+        }
         rs.tables = tables;
         Ok(rs)
+    }
+
+    /// The conntrack states for which the base chains of hook `h`, packet
+    /// kind `k`, all accept without looking at anything else: a chain
+    /// qualifies for state `s` if it has no rules and policy accept, or if
+    /// its first rule is exactly one `ct state` match followed by `accept`
+    /// (e.g. `ct state established,related accept`; no counter, limit, log
+    /// or other match: the rule has no side effect) and that match holds
+    /// for `s`. Running the chains on such a packet would give Accept and
+    /// change nothing, so the evaluator skips them (the tracker still runs:
+    /// it decides the state). No base chain: 0 (the hook is cheap anyway).
+    fn ct_accept_states(&self, h: usize, k: usize) -> u32 {
+        use crate::conntrack::state;
+        const STATES: [u32; 5] = [
+            state::INVALID,
+            state::ESTABLISHED,
+            state::RELATED,
+            state::NEW,
+            state::UNTRACKED,
+        ];
+        let bases = &self.hooks[h][k];
+        if bases.is_empty() || !self.uses_ct {
+            return 0;
+        }
+        let mut all = STATES.iter().fold(0, |a, s| a | s);
+        for &c in bases {
+            let ch = &self.chains[c as usize];
+            let mut ok = 0;
+            if ch.rules.is_empty() {
+                if !ch.policy_drop {
+                    ok = all;
+                }
+            } else {
+                let r = ch.rules.start as usize;
+                let ops = &self.ops[self.rule_ops[r] as usize..self.rule_ops[r + 1] as usize];
+                if let [Op::Cmp {
+                    field: Field::CtState,
+                    neg,
+                    mask,
+                    test,
+                }, Op::Verdict(Target::Accept)] = ops
+                {
+                    for s in STATES {
+                        if self.test64(*test, s as u64 & mask) != *neg {
+                            ok |= s;
+                        }
+                    }
+                }
+            }
+            all &= ok;
+        }
+        all
     }
 
     fn compile_rule(
@@ -990,5 +1053,59 @@ mod tests {
         assert_eq!(rs.sets[0].get(0x0aff_ffff), Some(0));
         assert_eq!(rs.sets[0].get(0x0b00_0000), None);
         assert_eq!(rs.sets[0].get(0x0b00_0001), Some(0));
+    }
+
+    #[test]
+    fn ct_fast_path_only_for_a_plain_first_ct_rule() {
+        use crate::conntrack::state::*;
+        let input = crate::Hook::Input.index();
+        let output = crate::Hook::Output.index();
+        let v4 = super::Proto::V4 as usize;
+        let fast = |src: &str| compile_text(src).unwrap().ct_fast;
+        let head =
+            "table inet t {\n chain i {\n  type filter hook input priority 0; policy drop;\n";
+        let tail = " }\n chain o {\n  type filter hook output priority 0; policy accept;\n }\n}\n";
+        // The usual first rule; an empty policy-accept chain accepts all.
+        let f = fast(&alloc::format!(
+            "{head}  ct state established,related accept\n  udp dport 7 accept\n{tail}"
+        ));
+        assert_eq!(f[input][v4], ESTABLISHED | RELATED);
+        assert_eq!(f[input][super::Proto::V6 as usize], ESTABLISHED | RELATED);
+        assert_eq!(
+            f[output][v4],
+            INVALID | ESTABLISHED | RELATED | NEW | UNTRACKED
+        );
+        assert_eq!(
+            fast(&alloc::format!(
+                "{head}  ct state established accept\n{tail}"
+            ))[input][v4],
+            ESTABLISHED
+        );
+        assert_eq!(
+            fast(&alloc::format!(
+                "{head}  ct state != invalid accept\n{tail}"
+            ))[input][v4],
+            ESTABLISHED | RELATED | NEW | UNTRACKED
+        );
+        // Side effects or other matches: no fast path.
+        for first in [
+            "ct state established counter accept",
+            "ct state established log accept",
+            "ct state established limit rate 10/second accept",
+            "ct state established udp dport 7 accept",
+            "ct state established drop",
+            "udp dport 7 accept",
+        ] {
+            let f = fast(&alloc::format!("{head}  {first}\n{tail}"));
+            assert_eq!(f[input][v4], 0, "{first}");
+        }
+        // A second base chain at the hook without the rule: no fast path.
+        let two = alloc::format!(
+            "{head}  ct state established accept\n }}\n chain j {{\n  type filter hook input priority 10; policy accept;\n  udp dport 9 drop\n{tail}"
+        );
+        assert_eq!(fast(&two)[input][v4], 0);
+        // An empty policy-drop base chain accepts nothing.
+        let f = fast("table inet t {\n chain i {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+        assert_eq!(f[input][v4], 0);
     }
 }

@@ -160,6 +160,19 @@ impl Ruleset {
         }
     }
 
+    /// Whether a field value `x` (already masked) passes a narrow test.
+    #[inline]
+    pub(crate) fn test64(&self, test: Test<u64>, x: u64) -> bool {
+        match test {
+            Test::Eq(v) => x == v,
+            Test::Range(lo, hi) => lo <= x && x <= hi,
+            Test::Le(v) => x <= v,
+            Test::Ge(v) => x >= v,
+            Test::AnyBits(v) => x & v != 0,
+            Test::Set(s) => self.sets[s as usize].get(x as u128).is_some(),
+        }
+    }
+
     #[inline]
     fn run_rule(&self, rule: u32, ctx: &Ctx<'_, '_>) -> RuleEnd {
         let a = self.rule_ops[rule as usize] as usize;
@@ -175,16 +188,7 @@ impl Ruleset {
                     let Some(x) = ctx.load(field) else {
                         return RuleEnd::Next;
                     };
-                    let x = x as u64 & mask;
-                    let hit = match test {
-                        Test::Eq(v) => x == v,
-                        Test::Range(lo, hi) => lo <= x && x <= hi,
-                        Test::Le(v) => x <= v,
-                        Test::Ge(v) => x >= v,
-                        Test::AnyBits(v) => x & v != 0,
-                        Test::Set(s) => self.sets[s as usize].get(x as u128).is_some(),
-                    };
-                    if hit == neg {
+                    if self.test64(test, x as u64 & mask) == neg {
                         return RuleEnd::Next;
                     }
                 }

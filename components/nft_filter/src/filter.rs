@@ -328,14 +328,22 @@ impl Filter {
         } else {
             None
         };
-        let mut ctx = Ctx {
-            view: &view,
-            meta,
-            ct,
-            now: now_ns,
-            family: Family::Inet,
+        let v = match ct {
+            // Every base chain of the hook would accept this state at its
+            // first rule (`ct state established,related accept`), with no
+            // side effect: the tracker's answer is the verdict.
+            Some(c) if c.state & rs.ct_fast[hook.index()][proto as usize] != 0 => Verdict::Accept,
+            _ => {
+                let mut ctx = Ctx {
+                    view: &view,
+                    meta,
+                    ct,
+                    now: now_ns,
+                    family: Family::Inet,
+                };
+                rs.run_hook(hook, proto, &mut ctx)
+            }
         };
-        let v = rs.run_hook(hook, proto, &mut ctx);
         if matches!(v, Verdict::Reject(_)) && ct.is_some() {
             self.ct.attach_last();
         }
@@ -406,6 +414,59 @@ mod tests {
     use crate::testutil::*;
 
     const BASE: &str = "table inet t {\n chain c {\n  type filter hook input priority 0; policy accept;\n  tcp dport 22 counter drop\n }\n}\n";
+
+    #[test]
+    fn ct_fast_path_gives_the_chain_verdicts() {
+        let rules = |first: &str| {
+            alloc::format!(
+                "table inet t {{\n chain i {{\n  type filter hook input priority 0; policy drop;\n  {first}\n  udp dport 7 accept\n  tcp dport 22 accept\n }}\n chain o {{\n  type filter hook output priority 0; policy accept;\n }}\n}}\n"
+            )
+        };
+        let mut fast = Filter::new(64);
+        fast.replace(&rules("ct state established,related accept"))
+            .unwrap();
+        // A counter makes the rule have a side effect: chains are run.
+        let mut slow = Filter::new(64);
+        slow.replace(&rules("ct state established,related counter accept"))
+            .unwrap();
+        let input = Hook::Input.index();
+        assert_ne!(fast.ruleset().ct_fast[input][0], 0);
+        assert_eq!(slow.ruleset().ct_fast[input][0], 0);
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let packets = [
+            (Hook::Output, ipv4(b, a, 17, 64, udp(5000, 9, b"q"))),
+            (Hook::Input, ipv4(a, b, 17, 64, udp(9, 5000, b"r"))),
+            (Hook::Input, ipv4(a, b, 17, 64, udp(9, 5000, b"r"))),
+            (Hook::Input, ipv4(a, b, 17, 64, udp(9, 5001, b"new"))),
+            (Hook::Input, ipv4(a, b, 17, 64, udp(9, 7, b"new"))),
+            (Hook::Input, ipv4(a, b, 17, 64, udp(9, 7, b"again"))),
+            (Hook::Output, ipv4(b, a, 17, 64, udp(7, 9, b"answer"))),
+            (
+                Hook::Input,
+                ipv4(a, b, 6, 64, tcp(4000, 22, 0x02, 1, 0, b"")),
+            ),
+            (
+                Hook::Input,
+                ipv4(a, b, 6, 64, tcp(4000, 23, 0x10, 1, 1, b"")),
+            ),
+            (
+                Hook::Input,
+                ipv4(a, b, 6, 64, tcp(4000, 22, 0x10, 2, 1, b"")),
+            ),
+            (Hook::Input, ipv4(a, b, 1, 64, icmp(8, 0, 1, 1, b""))),
+        ];
+        let meta = PacketMeta::default();
+        let mut accepted = 0;
+        for (i, (hook, p)) in packets.iter().enumerate() {
+            let vf = fast.evaluate(*hook, LinkType::Ip, p, &meta, 1000 + i as u64);
+            let vs = slow.evaluate(*hook, LinkType::Ip, p, &meta, 1000 + i as u64);
+            assert_eq!(vf, vs, "packet {i}");
+            accepted += (vf == Verdict::Accept) as u32;
+        }
+        // output x2, the reply x2, udp 7 x2 (new, then established), tcp 22 x2.
+        assert_eq!(accepted, 8);
+        assert_eq!(fast.conntrack_stats(), slow.conntrack_stats());
+    }
 
     #[test]
     fn failed_update_changes_nothing() {
