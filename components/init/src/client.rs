@@ -88,11 +88,21 @@ pub fn request(path: &Path, text: &str) -> Result<(bool, String), String> {
 fn print_reply(result: Result<(bool, String), String>) -> ExitCode {
     match result {
         Ok((true, body)) => {
-            print!("{body}");
-            if !body.is_empty() && !body.ends_with('\n') {
-                println!();
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let mut written = out.write_all(body.as_bytes());
+            if written.is_ok() && !body.is_empty() && !body.ends_with('\n') {
+                written = out.write_all(b"\n");
             }
-            ExitCode::SUCCESS
+            match written.and_then(|()| out.flush()) {
+                // A reader that stopped early (`fragnet stats … | head`) is
+                // not an error of ours.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("fragnet: writing the reply: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Ok((false, body)) => {
             eprintln!("fragnet: {}", body.trim_end());

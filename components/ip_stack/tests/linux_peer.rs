@@ -196,6 +196,24 @@ fn ping_udp_echo_and_app_holds_only_its_channel() {
     assert_eq!(memfds, 1, "exactly one channel region");
     assert_eq!(eventfds, 2, "the channel's two doorbells");
     assert!(other.is_empty(), "unexpected descriptors: {other:?}");
+
+    // The application answers init on its control socket (served by the
+    // socket library while the application waits) and leaves on `shutdown`
+    // instead of being killed.
+    let app = t.stats("app");
+    assert_eq!(app.get("sockets"), Some(&1), "app stats: {app:?}");
+    assert_eq!(app.get("bad_messages"), Some(&0), "app stats: {app:?}");
+    let mut t = t;
+    let status = t.fragnet.stop(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "fragnet exit: {status:?}"
+    );
+    let log = t.fragnet.log();
+    assert!(
+        !log.contains("did not exit after shutdown"),
+        "a component had to be killed:\n{log}"
+    );
 }
 
 #[test]

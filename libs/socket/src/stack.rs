@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use packet_ring::linux::{Channel, ChannelFds, Waiter};
+use packet_ring::linux::{Channel, ChannelFds, Waiter, Wake};
 use packet_ring::{Endpoint, Side, State};
 
 use crate::proto::{Msg, Op, HDR_LEN};
@@ -59,6 +59,9 @@ pub(crate) struct Inner {
     pub ch: Channel,
     pub st: St,
     waiter: Waiter,
+    /// The control socket to `init` (applications started by init): served
+    /// when the application waits, see [`Inner::serve_control`].
+    control: Option<fragnet_host::Control>,
 }
 
 /// Everything but the channel (so the channel can be borrowed while the
@@ -159,7 +162,6 @@ fn env_policy() -> packet_ring::linux::Policy {
 #[derive(Clone)]
 pub struct Stack {
     pub(crate) inner: Rc<RefCell<Inner>>,
-    _control: Rc<Option<fragnet_host::Control>>,
 }
 
 fn down(why: impl std::fmt::Display) -> io::Error {
@@ -186,8 +188,11 @@ impl Stack {
                  Socket service to an ip_stack in the run script",
             )
         })?;
-        let mut stack = Stack::attach(spec.fds, spec.side)?;
-        stack._control = Rc::new(env.control.take());
+        let stack = Stack::attach(spec.fds, spec.side)?;
+        if let Some(control) = env.control.take() {
+            control.set_nonblocking(true)?;
+            stack.inner.borrow_mut().control = Some(control);
+        }
         Ok(stack)
     }
 
@@ -206,8 +211,8 @@ impl Stack {
                     closed: None,
                 },
                 waiter: Waiter::with_policy(env_policy()),
+                control: None,
             })),
-            _control: Rc::new(None),
         })
     }
 
@@ -375,10 +380,76 @@ impl Inner {
     /// doorbell). `did_work` resets the idle spell.
     pub fn wait_step(&mut self, did_work: bool, timeout: Option<Duration>) -> io::Result<()> {
         self.check_up()?;
-        let Inner { ch, waiter, .. } = self;
-        waiter
-            .wait(did_work, std::iter::once(ch), &[], timeout)
-            .map(|_| ())
+        let Inner {
+            ch,
+            waiter,
+            control,
+            ..
+        } = self;
+        let control_fd;
+        let extra: &[BorrowedFd<'_>] = match control {
+            Some(c) => {
+                control_fd = [c.fd()];
+                &control_fd
+            }
+            None => &[],
+        };
+        let wake = waiter.wait(did_work, std::iter::once(ch), extra, timeout)?;
+        // The control socket is looked at only when the application was
+        // idle long enough to sleep: no system call on a busy path.
+        let control_due = match wake {
+            Wake::Woken => waiter.extra_ready(0),
+            Wake::TimedOut => true,
+            _ => false,
+        };
+        if control_due && self.control.is_some() {
+            self.serve_control();
+        }
+        Ok(())
+    }
+
+    /// Answers `init`'s requests on the control socket (INTERNALS.md,
+    /// "Control socket"): `ping`, `stats` (this library's counters),
+    /// `shutdown` (exit now, cleanly) and nothing else — an application
+    /// holds no filter and no other channel. A closed control socket means
+    /// init is gone: the application exits, as every component does.
+    fn serve_control(&mut self) {
+        loop {
+            let Some(control) = self.control.as_mut() else {
+                return;
+            };
+            let msg = match control.recv() {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    fragnet_host::info!("control socket closed (init is gone): exiting");
+                    std::process::exit(0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    fragnet_host::warn!("control socket: {e}");
+                    return;
+                }
+            };
+            let reply = match msg.verb.as_str() {
+                "ping" => "ok".to_string(),
+                "stats" => format!(
+                    "ok\nsockets {}\nbad_messages {}\nerrors_received {}",
+                    self.st.socks.len(),
+                    self.st.bad,
+                    self.st.errors
+                ),
+                "shutdown" => {
+                    let _ = control.reply("ok");
+                    self.ch.flush();
+                    std::process::exit(0);
+                }
+                other => format!("error\n'{other}' is not supported by an application"),
+            };
+            if let Err(e) = control.reply(&reply) {
+                fragnet_host::warn!("control socket: {e}");
+                return;
+            }
+        }
     }
 
     fn wait_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
