@@ -23,7 +23,7 @@ NS=fnfb$$
 cleanup() { ip netns pids $NS 2>/dev/null | xargs -r kill 2>/dev/null || true; ip netns del $NS 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $TMP" >&2 || rm -rf "$TMP"; }
 trap cleanup EXIT INT TERM
 if [ -z "${RULEDIR:-}" ]; then RULEDIR=$TMP/rules; python3 "$HERE/gen_rules.py" "$RULEDIR" --sizes "$N" >&2; fi
-DUR=$(python3 -c "print($WARM + $SWAPS * $GAP + 2)")
+DUR=$(python3 -c "print($WARM + $SWAPS * ($GAP + 0.5) + 2)")
 ip netns add $NS; ip -n $NS link set lo up
 NFT="<nftables file=\"$RULEDIR/rules_$N.nft\"/>"
 cat > "$TMP/run.xml" <<X
