@@ -17,6 +17,10 @@ pub const DEFAULT_CONTROL_DIR: &str = "/run/fragnet";
 pub const MAX_QUEUES: u32 = 64;
 /// The binary whose starts are driver queues (one process per queue).
 pub const DRIVER_BINARY: &str = "nic_drv";
+/// Routes of an `attach="manual"` start: the descriptors of all its
+/// channels (3 each) travel in one control message of at most
+/// `fragnet_host::control::MAX_FDS`.
+pub const MAX_ATTACH_ROUTES: usize = fragnet_host::control::MAX_FDS / 3;
 
 /// One problem in a run script, with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +114,12 @@ pub struct Start {
     pub nftables: Vec<NftSource>,
     /// `user="…"`: run as this uid/gid (no capabilities, no_new_privs).
     pub user: Option<(u32, u32)>,
+    /// `attach="manual"`: init spawns nothing; a process started by hand
+    /// attaches to take its place (see README, "Attached processes").
+    pub manual: bool,
+    /// `allow_uids` of a manual start: who may attach (default: the
+    /// script's `allow_uids`).
+    pub attach_uids: Option<Vec<u32>>,
     pub line: usize,
     pub col: usize,
 }
@@ -279,21 +289,7 @@ impl Script {
             Some(p) if !p.trim().is_empty() => dir.join(p.trim()),
             _ => default_control_path(path),
         };
-        let mut allow_uids = Vec::new();
-        for uid in root
-            .attr("allow_uids")
-            .unwrap_or("0")
-            .split(|c: char| c == ',' || c.is_ascii_whitespace())
-            .filter(|s| !s.is_empty())
-        {
-            match uid.parse::<u32>() {
-                Ok(u) => allow_uids.push(u),
-                Err(_) => cx.at(
-                    &root,
-                    format!("allow_uids: \"{uid}\" is not a numeric user id"),
-                ),
-            }
-        }
+        let allow_uids = parse_uids(&mut cx, &root, root.attr("allow_uids").unwrap_or("0"));
 
         let mut starts = Vec::new();
         let mut names: HashMap<String, (usize, usize)> = HashMap::new();
@@ -374,11 +370,56 @@ fn parse_start(
         }
     };
     for (k, _) in &node.attrs {
-        if k != "name" && k != "user" {
+        if !["name", "user", "attach", "allow_uids"].contains(&k.as_str()) {
             cx.at(
                 node,
-                format!("unknown attribute {k}= on <start name=\"{name}\"> (known: name, user)"),
+                format!(
+                    "unknown attribute {k}= on <start name=\"{name}\"> (known: name, user, attach, allow_uids)"
+                ),
             );
+        }
+    }
+    let manual = match node.attr("attach") {
+        None => false,
+        Some("manual") => true,
+        Some(v) => {
+            cx.at(
+                node,
+                format!(
+                    "start \"{name}\": attach=\"{v}\" is not known (the only value is \"manual\")"
+                ),
+            );
+            false
+        }
+    };
+    let attach_uids = node.attr("allow_uids").map(|list| {
+        if !manual {
+            cx.at(
+                node,
+                format!(
+                    "start \"{name}\": allow_uids= names who may attach, so it needs attach=\"manual\""
+                ),
+            );
+        }
+        parse_uids(cx, node, list)
+    });
+    if manual {
+        if node.attr("user").is_some() {
+            cx.at(
+                node,
+                format!("start \"{name}\": user= has no meaning with attach=\"manual\" (init runs nothing; allow_uids= says who may attach)"),
+            );
+        }
+        for child in &node.children {
+            if child.name != "route" {
+                cx.at(
+                    child,
+                    format!(
+                        "start \"{name}\" is attach=\"manual\": init runs no process for it, so <{}> has no meaning (only <route> is allowed)",
+                        child.name
+                    ),
+                );
+            }
         }
     }
     let user = match node.attr("user") {
@@ -467,8 +508,20 @@ fn parse_start(
             });
         }
     }
-    let binary_path = find_binary(&binary, &checks.bin_dirs);
-    if binary_path.is_none() {
+    if manual && routes.len() > MAX_ATTACH_ROUTES {
+        cx.at(
+            node,
+            format!(
+                "start \"{name}\": a manual start may route at most {MAX_ATTACH_ROUTES} services (their descriptors travel in one message)"
+            ),
+        );
+    }
+    let binary_path = if manual {
+        None
+    } else {
+        find_binary(&binary, &checks.bin_dirs)
+    };
+    if binary_path.is_none() && !manual {
         cx.at(
             node,
             format!(
@@ -543,9 +596,29 @@ fn parse_start(
         tap,
         nftables,
         user,
+        manual,
+        attach_uids,
         line,
         col,
     })
+}
+
+/// A list of numeric uids (`0,1000` or space separated).
+fn parse_uids(cx: &mut Ctx<'_>, node: &ConfigNode, list: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for uid in list
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|s| !s.is_empty())
+    {
+        match uid.parse::<u32>() {
+            Ok(u) => out.push(u),
+            Err(_) => cx.at(
+                node,
+                format!("allow_uids: \"{uid}\" is not a numeric user id"),
+            ),
+        }
+    }
+    out
 }
 
 /// `UID`, `UID:GID`, or a user name from /etc/passwd (its primary group).
@@ -938,7 +1011,7 @@ impl Plan {
             out.push_str(&format!(
                 "{:<20} {:<16} cpu {:<3} {}channels: {}\n",
                 inst.name,
-                s.binary,
+                if s.manual { "(attach)" } else { &s.binary },
                 s.cpu.map_or("-".into(), |c| c.to_string()),
                 inst.queue.map_or(String::new(), |q| format!("queue {q} ")),
                 if chans.is_empty() {
@@ -1051,6 +1124,65 @@ mod tests {
 
     fn errors(xml: &str, c: &Checks) -> Vec<ScriptError> {
         Script::parse(Path::new("/x/s.xml"), xml, c).unwrap_err().0
+    }
+
+    #[test]
+    fn manual_starts_need_no_binary_and_get_their_links() {
+        let d = tmp();
+        let c = checks(&d);
+        let xml = r#"<config>
+  <start name="s"><binary name="ip_stack"/><provides><service name="Socket"/></provides></start>
+  <start name="client" attach="manual" allow_uids="0,65534">
+    <route><service name="Socket"><child name="s"/></service></route>
+  </start>
+</config>"#;
+        let script = Script::parse(&d.join("m.xml"), xml, &c).unwrap();
+        let m = script.start("client").unwrap();
+        assert!(m.manual && m.binary_path.is_none());
+        assert_eq!(m.attach_uids.as_deref(), Some(&[0, 65534][..]));
+        assert!(!script.start("s").unwrap().manual);
+        let plan = Plan::new(&script);
+        assert_eq!(plan.links.len(), 1);
+        assert_eq!(plan.links[0].provider_label, "socket:client");
+        assert!(plan.describe(&script).contains("(attach)"));
+    }
+
+    #[test]
+    fn bad_manual_starts_name_the_line() {
+        let d = tmp();
+        let c = checks(&d);
+        let cases = [
+            (
+                "<config>\n <start name=\"a\" attach=\"auto\"/>\n</config>",
+                "attach=\"auto\" is not known",
+            ),
+            (
+                "<config>\n <start name=\"a\" attach=\"manual\"><binary name=\"ip_stack\"/></start>\n</config>",
+                "<binary> has no meaning",
+            ),
+            (
+                "<config>\n <start name=\"a\" attach=\"manual\" user=\"0\"/>\n</config>",
+                "user= has no meaning",
+            ),
+            (
+                "<config>\n <start name=\"ip_stack\" allow_uids=\"0\"/>\n</config>",
+                "needs attach=\"manual\"",
+            ),
+            (
+                "<config>\n <start name=\"a\" attach=\"manual\" allow_uids=\"root\"/>\n</config>",
+                "\"root\" is not a numeric user id",
+            ),
+        ];
+        for (xml, want) in cases {
+            let e = errors(xml, &c);
+            assert!(
+                e.iter().any(|e| e.line == 2 && e.message.contains(want)),
+                "{xml}: {e:?}"
+            );
+        }
+        // A route to a manual start: it provides nothing.
+        let e = errors("<config>\n <start name=\"a\" attach=\"manual\"/>\n <start name=\"ip_stack\"><route><service name=\"Nic\"><child name=\"a\"/></service></route></start>\n</config>", &c);
+        assert!(e.iter().any(|e| e.line == 3), "{e:?}");
     }
 
     #[test]

@@ -59,6 +59,13 @@ struct Proc {
     /// Asked to stop for a restart with a new config: its exit is not a
     /// crash; SIGKILL if it is still there at this time.
     stopping: Option<Instant>,
+    /// An `attach="manual"` start: no child; `control` is the connection
+    /// of the attached process (if any), `held` its channel ends while
+    /// nobody is attached.
+    manual: bool,
+    held: Vec<(String, Side, ChannelFds)>,
+    /// Pid of the attached process (SO_PEERCRED).
+    attached_pid: Option<u32>,
 }
 
 /// Destination steering of one multi-queue TAP device.
@@ -78,6 +85,9 @@ struct LinkState {
 
 struct Client {
     ctl: Control,
+    /// The peer's uid (SO_PEERCRED), for `attach`.
+    uid: Option<u32>,
+    pid: Option<u32>,
     /// Set for a peer whose uid is not allowed: every request it sends is
     /// answered with this refusal. (Answering per request rather than at
     /// accept means no request is left unread when the socket closes, which
@@ -216,7 +226,10 @@ impl Supervisor {
         let procs = plan
             .instances
             .iter()
-            .map(|_| Proc {
+            .map(|inst| Proc {
+                manual: script.starts[inst.start].manual,
+                held: Vec::new(),
+                attached_pid: None,
                 child: None,
                 control: None,
                 state: State::Backoff(Instant::now()),
@@ -489,6 +502,23 @@ impl Supervisor {
             };
             channels.push((my_label.clone(), mine, fds));
         }
+        if start.manual {
+            // Nobody runs it: init holds its ends until a process attaches.
+            let p = &mut self.procs[i];
+            p.held = channels;
+            p.control = None;
+            p.attached_pid = None;
+            p.state = State::Running;
+            p.started = Instant::now();
+            info!(
+                "{}: waiting for a process to attach (attach=\"manual\")",
+                inst.name
+            );
+            for (peer, label, side, fds) in notify {
+                self.send_channel(peer, &label, side, fds);
+            }
+            return Ok(());
+        }
         let binary = start
             .binary_path
             .clone()
@@ -524,12 +554,169 @@ impl Supervisor {
 
     fn send_channel(&mut self, peer: usize, label: &str, side: Side, fds: ChannelFds) {
         let name = self.plan.instances[peer].name.clone();
+        if self.procs[peer].manual {
+            if self.procs[peer].control.is_none() {
+                // Nobody attached: the fresh end waits for the next attach.
+                let held = &mut self.procs[peer].held;
+                held.retain(|(l, _, _)| l != label);
+                held.push((label.to_string(), side, fds));
+                return;
+            }
+            // The attached process cannot take a new channel: its
+            // attachment ends (its connection closes, the socket library
+            // exits) and the start gets fresh channels for the next attach.
+            warn!("{name}: peer of {label} restarted; detaching the attached process");
+            drop(fds);
+            self.detach(peer, "its stack restarted");
+            return;
+        }
         let msg = format!("channel {label} {}", side_str(side));
         let borrowed = [fds.memfd.as_fd(), fds.wake_a.as_fd(), fds.wake_b.as_fd()];
         match self.request(peer, &msg, &borrowed) {
             Ok(r) if r.is_ok() => info!("{name}: new channel {label} (link re-established)"),
             Ok(r) => warn!("{name}: refused `{msg}`: {}", r.body.trim()),
             Err(e) => warn!("{name}: `{msg}` not acknowledged: {e}"),
+        }
+    }
+
+    /// The process attached to manual start `i` is gone (or must go): drop
+    /// its connection and give the start fresh channels (each running peer
+    /// gets its new end as `channel <label> <side>`, dropping the old one).
+    fn detach(&mut self, i: usize, why: &str) {
+        let p = &mut self.procs[i];
+        p.control = None;
+        if let Some(pid) = p.attached_pid.take() {
+            info!(
+                "{}: attached process (pid {pid}) detached ({why})",
+                self.plan.instances[i].name
+            );
+        }
+        if let Err(e) = self.spawn_instance(i) {
+            error!("{}: new channels: {e}", self.plan.instances[i].name);
+        }
+    }
+
+    /// `attach NAME` from control client `c`: admits the peer to manual
+    /// start NAME and hands it the start's channel ends. `Ok(reply)` is a
+    /// refusal to send; `Err(())` means attached (the connection now
+    /// belongs to the start).
+    fn attach(&mut self, c: usize, name: &str) -> Result<String, ()> {
+        let client = &self.clients[c];
+        let Some(uid) = client.uid else {
+            return Ok("error\npermission denied: no peer credentials".into());
+        };
+        let globally_allowed = self.script.allow_uids.contains(&uid);
+        let manual_names = || {
+            self.script
+                .starts
+                .iter()
+                .filter(|s| s.manual)
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(i) = self
+            .plan
+            .instances
+            .iter()
+            .position(|inst| inst.name == name)
+        else {
+            return Ok(if globally_allowed {
+                format!(
+                    "error\nattach: no start named \"{name}\" (starts that allow attaching: {})",
+                    manual_names()
+                )
+            } else {
+                format!("error\nattach: no start named \"{name}\"")
+            });
+        };
+        let start = &self.script.starts[self.plan.instances[i].start];
+        if !start.manual {
+            return Ok(format!(
+                "error\nattach: start \"{name}\" is not attachable: init runs it (only attach=\"manual\" starts take a process started by hand)"
+            ));
+        }
+        let allowed = start
+            .attach_uids
+            .as_ref()
+            .unwrap_or(&self.script.allow_uids);
+        if !allowed.contains(&uid) {
+            warn!("{name}: refused attach from uid {uid}");
+            return Ok(format!(
+                "error\npermission denied: uid {uid} may not attach to \"{name}\" (allowed uids: {})",
+                allowed
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if self.procs[i].control.is_some() {
+            return Ok(format!(
+                "error\nattach: \"{name}\" is already attached (pid {})",
+                self.procs[i]
+                    .attached_pid
+                    .map_or("?".into(), |p| p.to_string())
+            ));
+        }
+        let held = std::mem::take(&mut self.procs[i].held);
+        let mut text = String::from("ok");
+        let mut fds = Vec::new();
+        for (label, side, f) in &held {
+            text.push_str(&format!("\n{label} {}", side_str(*side)));
+            fds.extend([f.memfd.as_fd(), f.wake_a.as_fd(), f.wake_b.as_fd()]);
+        }
+        let client = &self.clients[c];
+        if let Err(e) = client.ctl.send_with_fds(&text, &fds) {
+            warn!("{name}: handing over channels to the attaching process: {e}");
+            drop(fds);
+            self.procs[i].held = held;
+            return Ok(format!("error\n{e}"));
+        }
+        drop(fds);
+        // Handed over: init keeps none of them.
+        drop(held);
+        let conn = match client.ctl.fd().try_clone_to_owned() {
+            Ok(fd) => Control::from_fd(fd),
+            Err(e) => {
+                error!("{name}: keeping the attach connection: {e}");
+                self.detach(i, "connection lost");
+                return Err(());
+            }
+        };
+        let pid = client.pid;
+        info!(
+            "{name}: process {} (uid {uid}) attached",
+            pid.map_or("?".into(), |p| p.to_string())
+        );
+        let p = &mut self.procs[i];
+        p.control = Some(conn);
+        p.attached_pid = pid;
+        p.started = Instant::now();
+        Err(())
+    }
+
+    /// Readable connection of the process attached to manual start `i`:
+    /// end of file or an error means it is gone; stray messages are
+    /// dropped (bounded).
+    fn check_attached(&mut self, i: usize) {
+        let Some(ctl) = self.procs[i].control.as_mut() else {
+            return;
+        };
+        for _ in 0..64 {
+            match ctl.recv() {
+                Ok(Some(_)) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
+                Ok(None) => {
+                    self.detach(i, "connection closed");
+                    return;
+                }
+                Err(e) => {
+                    self.detach(i, &format!("connection: {e}"));
+                    return;
+                }
+            }
         }
     }
 
@@ -841,7 +1028,12 @@ impl Supervisor {
         };
         while let Ok(fd) = rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
             let ctl = Control::from_fd(fd);
-            let uid = rustix::net::sockopt::socket_peercred(ctl.fd()).map(|c| c.uid.as_raw());
+            let cred = rustix::net::sockopt::socket_peercred(ctl.fd());
+            let pid = cred
+                .as_ref()
+                .ok()
+                .map(|c| c.pid.as_raw_nonzero().get() as u32);
+            let uid = cred.map(|c| c.uid.as_raw());
             let refused = match uid {
                 Ok(uid) if self.script.allow_uids.contains(&uid) => None,
                 Ok(uid) => {
@@ -864,7 +1056,12 @@ impl Supervisor {
                 }
             };
             let _ = ctl.set_nonblocking(true);
-            self.clients.push(Client { ctl, refused });
+            self.clients.push(Client {
+                ctl,
+                uid: uid.ok(),
+                pid,
+                refused,
+            });
         }
     }
 
@@ -882,6 +1079,19 @@ impl Supervisor {
                 return true;
             }
         };
+        if msg.verb == "attach" {
+            // Decided per start (its allow_uids), not by `refused`.
+            let reply = match msg.args.as_slice() {
+                [name] => match self.attach(c, &name.clone()) {
+                    Ok(refusal) => refusal,
+                    // Attached: the connection now belongs to the start.
+                    Err(()) => return false,
+                },
+                _ => "error\nusage: attach START_NAME".into(),
+            };
+            let _ = self.clients[c].ctl.reply(&reply);
+            return true;
+        }
         let reply = match &self.clients[c].refused {
             Some(refusal) => refusal.clone(),
             None => self.handle(msg),
@@ -971,7 +1181,7 @@ impl Supervisor {
                 "ok".into()
             }
             _ => format!(
-                "error\nunknown request \"{}\" (known: ping, list, stats NAME, nft NAME ARGS…, reload)",
+                "error\nunknown request \"{}\" (known: ping, list, stats NAME, nft NAME ARGS…, reload, attach NAME)",
                 msg.verb
             ),
         }
@@ -988,8 +1198,14 @@ impl Supervisor {
             out.push_str(&format!(
                 "{:<20} {:>8} {:<10} {:>8} {:>4}  {}\n",
                 inst.name,
-                p.child.as_ref().map_or("-".into(), |c| c.id().to_string()),
+                p.child
+                    .as_ref()
+                    .map(|c| c.id())
+                    .or(p.attached_pid)
+                    .map_or("-".into(), |c| c.to_string()),
                 match p.state {
+                    State::Running if p.manual && p.control.is_some() => "attached",
+                    State::Running if p.manual => "waiting",
                     State::Running => "running",
                     State::Backoff(_) => "restarting",
                     State::Failed => "failed",
@@ -1018,13 +1234,21 @@ impl Supervisor {
                 tv_sec: timeout.as_secs() as i64,
                 tv_nsec: timeout.subsec_nanos() as i64,
             };
-            let (sig_ready, listen_ready, client_ready) = {
+            let attached: Vec<usize> = (0..self.procs.len())
+                .filter(|&i| self.procs[i].manual && self.procs[i].control.is_some())
+                .collect();
+            let (sig_ready, listen_ready, client_ready, attached_ready) = {
                 let mut fds = vec![PollFd::new(&self.sigfd, PollFlags::IN)];
                 if let Some(l) = &self.listener {
                     fds.push(PollFd::new(l, PollFlags::IN));
                 }
                 for c in &self.clients {
                     fds.push(PollFd::from_borrowed_fd(c.ctl.fd(), PollFlags::IN));
+                }
+                for &i in &attached {
+                    if let Some(ctl) = &self.procs[i].control {
+                        fds.push(PollFd::from_borrowed_fd(ctl.fd(), PollFlags::IN));
+                    }
                 }
                 match poll(&mut fds, Some(&ts)) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -1035,8 +1259,19 @@ impl Supervisor {
                     }
                 }
                 let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-                (ready[0], ready[1], ready[2..].to_vec())
+                let nc = self.clients.len();
+                (
+                    ready[0],
+                    ready[1],
+                    ready[2..2 + nc].to_vec(),
+                    ready[2 + nc..].to_vec(),
+                )
             };
+            for (k, &i) in attached.iter().enumerate() {
+                if attached_ready.get(k).copied().unwrap_or(false) {
+                    self.check_attached(i);
+                }
+            }
             if sig_ready {
                 let mut stop = false;
                 for s in read_signals(&self.sigfd) {
@@ -1155,6 +1390,8 @@ fn shape(s: &crate::script::Start) -> impl PartialEq {
         s.is_driver,
         s.tap.clone(),
         s.user,
+        s.manual,
+        s.attach_uids.clone(),
     )
 }
 

@@ -12,11 +12,13 @@
 //! * [`config`]: a small XML tree for the component's `<config>` element;
 //! * [`cpu`]: CPU pinning;
 //! * [`tap`]: persistent, multi-queue TAP devices;
+//! * [`attach`]: a process started by hand attaching to a manual start;
 //! * [`log`]: `[name] message` lines on stderr, filtered by `FRAGNET_LOG`.
 //!
 //! The contracts are in `docs/INTERNALS.md` ("Start-up environment" and
 //! "Control socket").
 
+pub mod attach;
 pub mod config;
 pub mod control;
 pub mod cpu;

@@ -177,8 +177,16 @@ pub(crate) fn errno_err(e: i32) -> io::Error {
 
 impl Stack {
     /// The stack `init` connected this application to: the channel labelled
-    /// `socket` in `FRAGNET_CHANNELS` (side B).
+    /// `socket` in `FRAGNET_CHANNELS` (side B). A process started by hand
+    /// (no `FRAGNET_CHANNELS`) attaches instead as `FRAGNET_ATTACH` says
+    /// (`SOCKET_PATH:START_NAME`, see [`Stack::attach_to`]).
     pub fn from_env() -> io::Result<Stack> {
+        if std::env::var_os("FRAGNET_CHANNELS").is_none() {
+            if let Ok(v) = std::env::var("FRAGNET_ATTACH") {
+                let (path, name) = fragnet_host::attach::parse_attach_var(&v)?;
+                return Stack::attach_to(&path, &name);
+            }
+        }
         let mut env = fragnet_host::Env::from_env()
             .map_err(|e| io::Error::other(format!("fragnet environment: {e}")))?;
         let spec = env.take_channel("socket").ok_or_else(|| {
@@ -193,6 +201,34 @@ impl Stack {
             control.set_nonblocking(true)?;
             stack.inner.borrow_mut().control = Some(control);
         }
+        Ok(stack)
+    }
+
+    /// Attaches a process started by hand to the start `name` of the
+    /// fragnet whose control socket is `socket`. The run script must mark
+    /// that start `attach="manual"` and allow this process's uid; init then
+    /// hands over the start's `socket` channel. The connection to init stays
+    /// open for as long as the process runs (it serves `ping`, `stats`,
+    /// `shutdown` like a spawned application's control socket, and the
+    /// process exits when init is gone); when the process ends, init gives
+    /// the start a fresh channel for the next attach.
+    pub fn attach_to(socket: &std::path::Path, name: &str) -> io::Result<Stack> {
+        let (control, mut channels) = fragnet_host::attach::attach(socket, name)?;
+        let i = channels
+            .iter()
+            .position(|c| c.label == "socket")
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "start \"{name}\" has no `socket` channel: route its Socket service to an ip_stack in the run script"
+                    ),
+                )
+            })?;
+        let spec = channels.swap_remove(i);
+        let stack = Stack::attach(spec.fds, spec.side)?;
+        control.set_nonblocking(true)?;
+        stack.inner.borrow_mut().control = Some(control);
         Ok(stack)
     }
 
