@@ -565,9 +565,20 @@ impl Supervisor {
             // The attached process cannot take a new channel: its
             // attachment ends (its connection closes, the socket library
             // exits) and the start gets fresh channels for the next attach.
-            warn!("{name}: peer of {label} restarted; detaching the attached process");
-            drop(fds);
-            self.detach(peer, "its stack restarted");
+            // `fds` is the fresh end for this link (its peer, starting
+            // now, holds the other): it waits in the link, so `detach`
+            // gives the start this end and fresh channels only for its
+            // other links (the starting peer gets no `channel` message
+            // before its ruleset).
+            warn!("{name}: the peer of {label} restarted; detaching the attached process");
+            let li = self.plan.links.iter().position(|l| {
+                (l.client == peer && l.client_label == label)
+                    || (l.provider == peer && l.provider_label == label)
+            });
+            if let Some(li) = li {
+                self.links[li].pending = Some((side, fds));
+            }
+            self.detach(peer, &format!("the peer of {label} restarted"));
             return;
         }
         let msg = format!("channel {label} {}", side_str(side));

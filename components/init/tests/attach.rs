@@ -117,8 +117,13 @@ fn ps(script: &Path) -> String {
 
 /// The `client` row of `fragnet ps`: (pid, state).
 fn client_row(script: &Path) -> Option<(String, String)> {
+    row(script, "client")
+}
+
+/// A row of `fragnet ps`: (pid, state).
+fn row(script: &Path, name: &str) -> Option<(String, String)> {
     let text = ps(script);
-    let line = text.lines().find(|l| l.starts_with("client "))?;
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
     let w: Vec<&str> = line.split_whitespace().collect();
     Some((w.get(1)?.to_string(), w.get(2)?.to_string()))
 }
@@ -313,4 +318,45 @@ fn hand_started_app_attaches_refusals_and_reattach() {
         .exit_within(Duration::from_secs(10))
         .expect("attached app should exit when init is gone");
     assert!(st.success(), "{st}");
+}
+
+#[test]
+fn stack_restart_ends_the_attachment_and_a_new_process_attaches() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, TAP)");
+        return;
+    }
+    let t = topo(94);
+    let mut first = HandStarted::udp_echo(&t.sock, "client", None);
+    assert!(echoes_come(&t), "no echo; log:\n{}", t.fragnet.log());
+    let stack_pid: i32 = row(&t.script, "stack")
+        .and_then(|r| r.0.parse().ok())
+        .expect("stack pid");
+    // SAFETY: kill has no memory-safety preconditions; the pid is the
+    // stack init started for this test.
+    assert_eq!(unsafe { libc::kill(stack_pid, libc::SIGKILL) }, 0);
+    // The attached app cannot follow the stack to a new channel: init
+    // closes its connection and the socket library exits.
+    let (st, err) = first
+        .exit_within(Duration::from_secs(10))
+        .expect("attached app should exit when its stack restarts");
+    assert!(st.success(), "{st}: {err}");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            row(&t.script, "stack")
+                .is_some_and(|r| r.1 == "running" && r.0 != stack_pid.to_string())
+                && client_row(&t.script).is_some_and(|r| r.1 == "waiting")
+        }),
+        "{}\nlog:\n{}",
+        ps(&t.script),
+        t.fragnet.log()
+    );
+    let mut again = HandStarted::udp_echo(&t.sock, "client", None);
+    assert!(
+        echoes_come(&t),
+        "no echo after the stack restart; log:\n{}",
+        t.fragnet.log()
+    );
+    assert_eq!(udp_echoes(&t.ns, t.ip, 100), 100);
+    again.kill();
 }
