@@ -740,6 +740,9 @@ impl Supervisor {
     ) -> Result<fragnet_host::ControlMsg, String> {
         let name = &self.plan.instances[i].name;
         let Some(ctl) = self.procs[i].control.as_mut() else {
+            if self.procs[i].manual {
+                return Err(format!("no process is attached to {name}"));
+            }
             return Err(format!("{name} is not running"));
         };
         // Drop replies to earlier requests that timed out (bounded: a
@@ -1039,6 +1042,9 @@ impl Supervisor {
         };
         while let Ok(fd) = rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
             let ctl = Control::from_fd(fd);
+            // Replies such as `list ruleset` of a large ruleset are one
+            // datagram too.
+            ctl.make_room();
             let cred = rustix::net::sockopt::socket_peercred(ctl.fd());
             let pid = cred
                 .as_ref()

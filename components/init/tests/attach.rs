@@ -229,6 +229,26 @@ fn hand_started_app_attaches_refusals_and_reattach() {
         ps(&t.script)
     );
 
+    // Init handed over the channel and nothing else: one memfd, its two
+    // eventfds, besides the connection to init (the rest is what the test
+    // harness let it inherit: stdio and the like).
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", first.0.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    let count = |what: &str| fds.iter().filter(|f| f.starts_with(what)).count();
+    assert_eq!(
+        (
+            count("/memfd:fragnet:stack:socket:client"),
+            count("/memfd:"),
+            count("anon_inode:[eventfd]"),
+            count("socket:")
+        ),
+        (1, 1, 2, 1),
+        "fds of the attached process: {fds:?}"
+    );
+
     // 2. Refusals, each with a clear message; the attached one keeps going.
     let refuse = |name: &str| match fragnet_host::attach::attach(&t.sock, name) {
         Ok(_) => panic!("attach {name} was admitted"),
