@@ -72,16 +72,26 @@ pub fn request(path: &Path, text: &str) -> Result<(bool, String), String> {
         e => format!("connecting to {}: {e}", path.display()),
     })?;
     let mut ctl = Control::from_fd(fd);
+    ctl.make_room();
     // A refusal may come before the request is read; a failed send then
-    // still leaves the refusal to read.
+    // still leaves the refusal to read, so look for it briefly before
+    // reporting the failed send.
     let sent = ctl.send(text);
-    match ctl.recv_timeout(TIMEOUT) {
+    let wait = if sent.is_ok() {
+        TIMEOUT
+    } else {
+        Duration::from_secs(1)
+    };
+    match ctl.recv_timeout(wait) {
         Ok(Some(m)) => Ok((m.is_ok(), m.body)),
         Ok(None) => Err(match sent {
             Err(e) => format!("sending the request failed: {e}"),
             Ok(()) => "fragnet closed the connection without a reply".into(),
         }),
-        Err(e) => Err(format!("waiting for a reply: {e}")),
+        Err(e) => Err(match sent {
+            Err(send) => format!("sending the request failed: {send}"),
+            Ok(()) => format!("waiting for a reply: {e}"),
+        }),
     }
 }
 

@@ -91,6 +91,18 @@ pub struct Control {
     buf: Vec<u8>,
 }
 
+/// See [`Control::make_room`]. The forcing variants need CAP_NET_ADMIN;
+/// without it, fall back to the capped ones (`net.core.wmem_max`).
+fn make_room(fd: &OwnedFd) {
+    let size = MAX_MSG + 64 * 1024;
+    if rustix::net::sockopt::set_socket_send_buffer_size_force(fd, size).is_err() {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, size);
+    }
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(fd, size).is_err() {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, size);
+    }
+}
+
 impl Control {
     /// Wraps a `SOCK_SEQPACKET` unix socket.
     pub fn from_fd(fd: OwnedFd) -> Control {
@@ -111,17 +123,17 @@ impl Control {
             None,
         )?;
         for fd in [&a, &b] {
-            // Rulesets travel in one datagram: make room for MAX_MSG. The
-            // forcing variant needs CAP_NET_ADMIN; fall back to the capped one.
-            let size = MAX_MSG + 64 * 1024;
-            if rustix::net::sockopt::set_socket_send_buffer_size_force(fd, size).is_err() {
-                let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, size);
-            }
-            if rustix::net::sockopt::set_socket_recv_buffer_size_force(fd, size).is_err() {
-                let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, size);
-            }
+            make_room(fd);
         }
         Ok((Control::from_fd(a), b))
+    }
+
+    /// Makes the socket's buffers big enough for a [`MAX_MSG`] message
+    /// (rulesets travel in one datagram; an AF_UNIX datagram larger than the
+    /// sender's buffer fails with EMSGSIZE). Every control connection needs
+    /// it: init's children, `fragnet` clients, init's accepted connections.
+    pub fn make_room(&self) {
+        make_room(&self.fd);
     }
 
     /// The socket, for `poll`/`epoll` (readable: a message or EOF waits).
