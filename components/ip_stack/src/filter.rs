@@ -126,8 +126,39 @@ impl Filter {
         (n > 0).then(|| &self.reply[..n])
     }
 
+    /// For an `nft` request that changes the ruleset (`load` + body, `flush
+    /// ruleset`, or one nft command): the parse-and-compile job, to run off
+    /// the data path ([`Filter::finish_build`] installs its result). `None`
+    /// for the requests answered at once (`list …`, errors).
+    pub fn build_job(&self, args: &[String], body: &str) -> Option<nft_filter::BuildJob> {
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["load"] => Some(self.nft.build_job(body.to_string(), true)),
+            ["flush", "ruleset"] => Some(self.nft.build_job(String::new(), true)),
+            ["list", ..] | [] => None,
+            _ => Some(self.nft.build_job(words.join(" "), false)),
+        }
+    }
+
+    /// Installs what a [`build_job`](Self::build_job) produced (between
+    /// batches) and gives the reply for init.
+    pub fn finish_build(
+        &mut self,
+        built: Result<std::sync::Arc<nft_filter::Ruleset>, nft_filter::Error>,
+    ) -> String {
+        match built {
+            Ok(rs) => {
+                self.nft.install(rs);
+                self.active = !self.nft.ruleset().tables().is_empty();
+                "ok".into()
+            }
+            Err(e) => format!("error\n{e}"),
+        }
+    }
+
     /// The `nft` control verb (see docs/INTERNALS.md): `load` + body,
     /// `list ruleset`, `list counters`, `flush ruleset`, or one nft command.
+    /// Everything in this thread (used before any packet moves).
     pub fn control(&mut self, args: &[String], body: &str) -> String {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = match words.as_slice() {

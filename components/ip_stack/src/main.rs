@@ -98,7 +98,13 @@ struct Stack {
     rounds: u64,
     policy: Policy,
     expect_rules: bool,
+    /// A ruleset being parsed and compiled on a helper thread (a 10,000-rule
+    /// file takes ~15 ms: not on the data path). Control requests wait
+    /// until it is installed and answered.
+    building: Option<std::sync::mpsc::Receiver<BuildResult>>,
 }
+
+type BuildResult = Result<std::sync::Arc<nft_filter::Ruleset>, nft_filter::Error>;
 
 fn run() -> Result<(), String> {
     let mut env = Env::from_env().map_err(|e| format!("environment: {e}"))?;
@@ -175,6 +181,7 @@ fn run() -> Result<(), String> {
         start,
         rounds: 0,
         expect_rules: cfg.expect_rules,
+        building: None,
         policy: Policy {
             spin: cfg.spin,
             yield_for: std::time::Duration::from_micros(cfg.yield_us),
@@ -206,7 +213,7 @@ impl Stack {
                 }
             }
             // smoltcp's next timer matters only when we may sleep.
-            let delay = if work {
+            let mut delay = if work {
                 None
             } else {
                 let now = self.now();
@@ -214,6 +221,13 @@ impl Stack {
                     .poll_delay(now, &self.sockets)
                     .map(|d| std::time::Duration::from_micros(d.total_micros()))
             };
+            if self.building.is_some() {
+                // Nothing wakes us when the build thread is done: look again
+                // soon (a timeout makes the next round check the control
+                // side, where the result is installed).
+                let soon = std::time::Duration::from_millis(1);
+                delay = Some(delay.map_or(soon, |d| d.min(soon)));
+            }
             let Stack {
                 dev, app, control, ..
             } = self;
@@ -343,6 +357,19 @@ impl Stack {
     /// Serves pending control messages. `Some(())`: exit now.
     fn control(&mut self) -> Result<Option<()>, String> {
         loop {
+            if let Some(rx) = self.building.as_ref() {
+                let reply = match rx.try_recv() {
+                    Ok(built) => self.dev.shared.filter.borrow_mut().finish_build(built),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(None),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        "error\nthe ruleset build thread died; nothing changed".into()
+                    }
+                };
+                self.building = None;
+                if let Some(c) = self.control.as_ref() {
+                    let _ = c.reply(&reply);
+                }
+            }
             let Some(c) = self.control.as_mut() else {
                 return Ok(None);
             };
@@ -359,12 +386,46 @@ impl Stack {
                 }
                 Err(e) => return Err(format!("control socket: {e}")),
             };
+            if msg.verb == "nft" {
+                let job = self
+                    .dev
+                    .shared
+                    .filter
+                    .borrow()
+                    .build_job(&msg.args, &msg.body);
+                if let Some(job) = job {
+                    self.start_build(job);
+                    continue;
+                }
+            }
             let (reply, exit) = self.control_msg(msg);
             if let Some(c) = self.control.as_ref() {
                 let _ = c.reply(&reply);
             }
             if exit {
                 return Ok(Some(()));
+            }
+        }
+    }
+
+    /// Parses and compiles a ruleset change on a helper thread; the data
+    /// path keeps running and installs the result between two rounds
+    /// (`control`).
+    fn start_build(&mut self, job: nft_filter::BuildJob) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("nft-build".into())
+            .spawn(move || {
+                let _ = tx.send(job.run());
+            });
+        match spawned {
+            Ok(_) => self.building = Some(rx),
+            Err(e) => {
+                if let Some(c) = self.control.as_ref() {
+                    let _ = c.reply(&format!(
+                        "error\ncannot start the ruleset build thread ({e}); nothing changed"
+                    ));
+                }
             }
         }
     }

@@ -718,4 +718,50 @@ fn ruleset_from_the_run_script_filters_and_can_be_flushed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(udp_echoes(&ns, ip, 5), 5, "after flush ruleset");
+
+    // A 10,000-rule ruleset (~0.5 MiB of text, one control datagram) is
+    // loaded through `fragnet nft -f`, built off the data path, and takes
+    // effect: its last rule drops port 7; echoes on port 8 are not served
+    // (no socket) but the stack keeps answering pings.
+    let mut big = String::from("flush ruleset\ntable inet f {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    ct state established,related accept\n");
+    for i in 0..9_999u32 {
+        big.push_str(&format!(
+            "    ip saddr 172.{}.{}.0/24 tcp dport {} counter drop\n",
+            16 + i / 256 % 16,
+            i % 256,
+            1024 + i
+        ));
+    }
+    big.push_str("    udp dport 7 counter drop\n  }\n}\n");
+    assert!(big.len() > 300 * 1024, "{} bytes", big.len());
+    let big_path = dir.path().join("big.nft");
+    std::fs::write(&big_path, &big).unwrap();
+    let out = ns
+        .exec(bin_path("fragnet"))
+        .args(["nft", "--script"])
+        .arg(&script)
+        .args(["--target", "stack", "-f"])
+        .arg(&big_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loading 10,000 rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(udp_echoes(&ns, ip, 3), 0, "the big ruleset's last rule");
+    assert!(ns.ping("10.89.0.10", 2), "stack still answers ping");
+    let out = ns
+        .exec(bin_path("fragnet"))
+        .args(["nft", "--script"])
+        .arg(&script)
+        .args(["--target", "stack", "list", "ruleset"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        listing.matches("tcp dport").count(),
+        9_999,
+        "the listing of 10,000 rules comes back whole"
+    );
 }

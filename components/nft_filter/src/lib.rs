@@ -45,7 +45,7 @@ pub use ast::{Command, Pos, RejectWith, Table};
 pub use compile::{CompileError, Ruleset};
 pub use conntrack::{Conntrack, CtStats};
 pub use eval::Verdict;
-pub use filter::{apply_commands, compile_text, list_tables, Error, Filter};
+pub use filter::{apply_commands, compile_text, list_tables, BuildJob, Error, Filter};
 pub use packet::{IfName, LinkType, PacketMeta};
 pub use parser::{parse, ParseError};
 pub use types::{Family, Hook};
