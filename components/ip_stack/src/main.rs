@@ -252,7 +252,14 @@ impl Stack {
 
     /// One poll round; whether anything moved.
     fn round(&mut self) -> bool {
-        let now = self.now();
+        // One clock read per round, for smoltcp and the filter.
+        let elapsed = self.start.elapsed();
+        let now = Instant::from_micros(elapsed.as_micros() as i64);
+        self.dev
+            .shared
+            .filter
+            .borrow_mut()
+            .set_clock(elapsed.as_nanos() as u64);
         let Stack {
             iface,
             dev,
