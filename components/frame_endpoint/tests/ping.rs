@@ -6,36 +6,9 @@
 //! Build the workspace binaries first:
 //! `cargo build --bins -p fragnet_init -p nic_switch -p frame_endpoint`.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use fragnet_testkit::{bin_path, wait_for, write_script, Fragnet, TempDir};
-
-/// One counter of a component, from `fragnet stats` (retried while the
-/// request fails, e.g. under heavy load; panics with the error otherwise).
-fn stat(ctl: &Path, name: &str, key: &str) -> u64 {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let out = Command::new(bin_path("fragnet"))
-            .arg("stats")
-            .arg("--socket")
-            .arg(ctl)
-            .arg(name)
-            .output()
-            .expect("run fragnet stats");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() {
-            return text
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} has no counter {key}:\n{text}"));
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("fragnet stats {name} failed: {last}");
-}
+use fragnet_testkit::{stat, wait_for, write_script, Fragnet, TempDir};
 
 const TWO_ENDPOINTS: &str = r#"<config control="ctl.sock">
   <start name="switch">
@@ -68,33 +41,34 @@ fn two_endpoints_reach_each_other_through_a_switch() {
     let ctl = dir.path().join("ctl.sock");
     assert!(
         wait_for(Duration::from_secs(10), || stat(
+            None,
             &ctl,
             "ep_a",
             "ping_replies_received"
         ) >= 3),
         "A got no replies from B; A: {} sent, B: {} answered; log:\n{}",
-        stat(&ctl, "ep_a", "ping_requests_sent"),
-        stat(&ctl, "ep_b", "echo_requests_answered"),
+        stat(None, &ctl, "ep_a", "ping_requests_sent"),
+        stat(None, &ctl, "ep_b", "echo_requests_answered"),
         fragnet.log()
     );
     // A resolved B with ARP (one request, or more if B started late), B
     // answered each, and every echo.
-    let arps = stat(&ctl, "ep_a", "ping_arp_requests_sent");
+    let arps = stat(None, &ctl, "ep_a", "ping_arp_requests_sent");
     assert!(arps >= 1);
-    assert_eq!(stat(&ctl, "ep_b", "arp_requests_answered"), arps);
-    let sent = stat(&ctl, "ep_a", "ping_requests_sent");
-    let replies = stat(&ctl, "ep_a", "ping_replies_received");
+    assert_eq!(stat(None, &ctl, "ep_b", "arp_requests_answered"), arps);
+    let sent = stat(None, &ctl, "ep_a", "ping_requests_sent");
+    let replies = stat(None, &ctl, "ep_a", "ping_replies_received");
     assert!(
         replies >= 3 && replies <= sent,
         "{replies} replies to {sent} requests"
     );
-    assert!(stat(&ctl, "ep_b", "echo_requests_answered") >= replies);
-    assert_eq!(stat(&ctl, "ep_a", "drop_unexpected_echo_reply"), 0);
+    assert!(stat(None, &ctl, "ep_b", "echo_requests_answered") >= replies);
+    assert_eq!(stat(None, &ctl, "ep_a", "drop_unexpected_echo_reply"), 0);
     // The switch carried it: B's port saw A's frames.
-    assert!(stat(&ctl, "switch", "port.nic:ep_b.tx_frames") >= 4);
+    assert!(stat(None, &ctl, "switch", "port.nic:ep_b.tx_frames") >= 4);
     // A silent third endpoint got only the flooded ARP requests: once the
     // switch had learned A and B, their unicast frames went to them alone.
-    assert_eq!(stat(&ctl, "switch", "port.nic:ep_c.tx_frames"), arps);
-    assert_eq!(stat(&ctl, "ep_c", "rx_frames"), arps);
-    assert_eq!(stat(&ctl, "ep_c", "drop_arp_not_for_us"), arps);
+    assert_eq!(stat(None, &ctl, "switch", "port.nic:ep_c.tx_frames"), arps);
+    assert_eq!(stat(None, &ctl, "ep_c", "rx_frames"), arps);
+    assert_eq!(stat(None, &ctl, "ep_c", "drop_arp_not_for_us"), arps);
 }

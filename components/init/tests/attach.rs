@@ -4,27 +4,12 @@
 //! Linux UDP client in the namespace. Needs root and the workspace binaries
 //! (`cargo build --release --workspace --bins`).
 
-use fragnet_testkit::{bin_path, is_root, wait_for, write_script, Fragnet, NetNs, TempDir};
+use fragnet_testkit::{bin_path, in_ns, is_root, wait_for, write_script, Fragnet, NetNs, TempDir};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
-}
 
 /// Datagrams to `to:7` from a Linux socket in `ns` that came back intact.
 fn udp_echoes(ns: &NetNs, to: Ipv4Addr, count: u32) -> u32 {

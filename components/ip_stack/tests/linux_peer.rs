@@ -10,29 +10,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fragnet_testkit::{bin_path, is_root, wait_for, write_script, Fragnet, NetNs, TempDir};
+use fragnet_testkit::{bin_path, in_ns, is_root, wait_for, write_script, Fragnet, NetNs, TempDir};
 
 const STACK_MAC: &str = "02:00:00:00:00:10";
-
-/// Runs `f` on a thread that entered network namespace `ns` (threads it
-/// spawns are in the namespace too).
-fn in_ns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
-}
 
 struct Topo {
     ns: NetNs,

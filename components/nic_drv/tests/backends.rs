@@ -10,38 +10,11 @@
 //! Needs root and the workspace binaries built first:
 //! `cargo build --bins -p fragnet_init -p nic_drv -p nic_switch -p frame_endpoint`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use fragnet_testkit::{
-    bin_path, is_root, unique_name, wait_for, write_script, Fragnet, NetNs, TempDir,
+    is_root, stat, unique_name, wait_for, write_script, Fragnet, NetNs, TempDir,
 };
-
-/// One counter of a component, from `fragnet stats` (retried while the
-/// request fails, e.g. under heavy load; panics with the error otherwise).
-fn stat(ns: &NetNs, ctl: &Path, name: &str, key: &str) -> u64 {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let out = ns
-            .exec(bin_path("fragnet"))
-            .arg("stats")
-            .arg("--socket")
-            .arg(ctl)
-            .arg(name)
-            .output()
-            .expect("run fragnet stats");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() {
-            return text
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} has no counter {key}:\n{text}"));
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("fragnet stats {name} failed: {last}");
-}
 
 fn tap_start(ifname: &str) -> String {
     format!(
@@ -93,9 +66,9 @@ fn tap_backend_host_pings_endpoint() {
     let ctl = dir.path().join("ctl.sock");
     // Host → endpoint: echo requests (and ARP) read from the TAP device;
     // endpoint → host: replies written to it.
-    assert!(stat(&ns, &ctl, "tap0", "rx_frames") >= 4);
-    assert!(stat(&ns, &ctl, "tap0", "tx_frames") >= 4);
-    assert_eq!(stat(&ns, &ctl, "tap0", "rx_drop_channel_full"), 0);
+    assert!(stat(Some(&ns), &ctl, "tap0", "rx_frames") >= 4);
+    assert!(stat(Some(&ns), &ctl, "tap0", "tx_frames") >= 4);
+    assert_eq!(stat(Some(&ns), &ctl, "tap0", "rx_drop_channel_full"), 0);
 }
 
 #[test]
@@ -138,9 +111,9 @@ fn wire_cable_joins_two_switches() {
     wait_ping(&ns, &fragnet, "10.77.0.10");
     let ctl = dir.path().join("ctl.sock");
     // Both directions crossed the cable.
-    assert!(stat(&ns, &ctl, "wire0", "port.nic.in_frames") >= 4);
-    assert!(stat(&ns, &ctl, "wire0", "port.nic:switch2.in_frames") >= 4);
-    assert!(stat(&ns, &ctl, "switch2", "port.nic:ep.tx_frames") >= 4);
+    assert!(stat(Some(&ns), &ctl, "wire0", "port.nic.in_frames") >= 4);
+    assert!(stat(Some(&ns), &ctl, "wire0", "port.nic:switch2.in_frames") >= 4);
+    assert!(stat(Some(&ns), &ctl, "switch2", "port.nic:ep.tx_frames") >= 4);
 }
 
 #[test]
@@ -201,17 +174,20 @@ fn wire_listen_connect_joins_two_fragnet_instances() {
     assert!(ns.ping("10.77.0.10", 3));
     let ctl_a = dir_a.path().join("ctl.sock");
     let ctl_b = dir_b.path().join("ctl.sock");
-    assert_eq!(stat(&ns, &ctl_a, "wire", "wire_up"), 1);
-    assert_eq!(stat(&ns, &ctl_b, "wire", "wire_up"), 1);
-    assert!(stat(&ns, &ctl_a, "wire", "to_wire_frames") >= 4);
-    assert!(stat(&ns, &ctl_b, "wire", "from_wire_frames") >= 4);
+    assert_eq!(stat(Some(&ns), &ctl_a, "wire", "wire_up"), 1);
+    assert_eq!(stat(Some(&ns), &ctl_b, "wire", "wire_up"), 1);
+    assert!(stat(Some(&ns), &ctl_a, "wire", "to_wire_frames") >= 4);
+    assert!(stat(Some(&ns), &ctl_b, "wire", "from_wire_frames") >= 4);
 
     // The far side goes away: the listener notices (link down) and the
     // same instance B reconnects when A comes back.
     drop(fragnet_a);
     assert!(
         wait_for(Duration::from_secs(5), || stat(
-            &ns, &ctl_b, "wire", "wire_up"
+            Some(&ns),
+            &ctl_b,
+            "wire",
+            "wire_up"
         ) == 0),
         "connector did not notice the listener going away; log B:\n{}",
         fragnet_b.log()
@@ -223,5 +199,5 @@ fn wire_listen_connect_joins_two_fragnet_instances() {
         fragnet_a.log(),
         fragnet_b.log()
     );
-    assert_eq!(stat(&ns, &ctl_b, "wire", "wire_connects"), 2);
+    assert_eq!(stat(Some(&ns), &ctl_b, "wire", "wire_connects"), 2);
 }

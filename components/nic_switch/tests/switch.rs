@@ -12,40 +12,10 @@ use std::time::{Duration, Instant};
 
 use fragnet_host::Control;
 use fragnet_testkit::{
-    bin_path, is_root, unique_name, wait_for, write_script, Fragnet, NetNs, TempDir,
+    bin_path, is_root, stat, unique_name, wait_for, write_script, Fragnet, NetNs, TempDir,
 };
 use packet_ring::linux::{create, Channel, ChannelFds};
 use packet_ring::{Config, Endpoint, Side};
-
-/// One counter of a component, from `fragnet stats` (retried while the
-/// request fails, e.g. under heavy load; panics with the error otherwise).
-fn stat(ns: Option<&NetNs>, ctl: &Path, name: &str, key: &str) -> u64 {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let fragnet = bin_path("fragnet");
-        let mut cmd = match ns {
-            Some(ns) => ns.exec(&fragnet),
-            None => Command::new(&fragnet),
-        };
-        let out = cmd
-            .arg("stats")
-            .arg("--socket")
-            .arg(ctl)
-            .arg(name)
-            .output()
-            .expect("run fragnet stats");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() {
-            return text
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} has no counter {key}:\n{text}"));
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("fragnet stats {name} failed: {last}");
-}
 
 /// tap → switch → endpoint, the host at 10.77.0.1, the endpoint at .10.
 fn tap_switch_endpoint(ifname: &str) -> String {

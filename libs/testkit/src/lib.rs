@@ -219,6 +219,53 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// One counter of a component, from `fragnet stats --socket ctl name`
+/// (run inside `ns` if given). Retried while the request fails (e.g. under
+/// heavy load); panics with the error, or if there is no counter `key`.
+pub fn stat(ns: Option<&NetNs>, ctl: &Path, name: &str, key: &str) -> u64 {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let fragnet = bin_path("fragnet");
+        let mut cmd = match ns {
+            Some(ns) => ns.exec(&fragnet),
+            None => Command::new(&fragnet),
+        };
+        let out = cmd
+            .arg("stats")
+            .arg("--socket")
+            .arg(ctl)
+            .arg(name)
+            .output()
+            .expect("run fragnet stats");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} has no counter {key}:\n{text}"));
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("fragnet stats {name} failed: {last}");
+}
+
+/// Runs `f` on a thread that entered network namespace `ns` (sockets it
+/// opens, and threads it spawns, live in the namespace).
+pub fn in_ns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).expect("open netns");
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
 /// A running `fragnet run <script>`; SIGTERM then SIGKILL on drop.
 pub struct Fragnet {
     child: Option<Child>,
