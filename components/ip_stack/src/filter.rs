@@ -136,12 +136,7 @@ impl Filter {
     /// for the requests answered at once (`list …`, errors).
     pub fn build_job(&self, args: &[String], body: &str) -> Option<nft_filter::BuildJob> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
-        match words.as_slice() {
-            ["load"] => Some(self.nft.build_job(body.to_string(), true)),
-            ["flush", "ruleset"] => Some(self.nft.build_job(String::new(), true)),
-            ["list", ..] | [] => None,
-            _ => Some(self.nft.build_job(words.join(" "), false)),
-        }
+        self.nft.request_job(&words, body)
     }
 
     /// Installs what a [`build_job`](Self::build_job) produced (between

@@ -282,6 +282,19 @@ impl Filter {
         }
     }
 
+    /// The build job for an `nft` control request that changes the ruleset
+    /// (docs/INTERNALS.md: `load` + body = replace, `flush ruleset`, or one
+    /// nft command given as words); `None` for the requests that change
+    /// nothing (`list …`, none at all), which the caller answers at once.
+    pub fn request_job(&self, words: &[&str], body: &str) -> Option<BuildJob> {
+        match words {
+            ["load"] => Some(self.build_job(String::from(body), true)),
+            ["flush", "ruleset"] => Some(self.build_job(String::new(), true)),
+            ["list", ..] | [] => None,
+            _ => Some(self.build_job(words.join(" "), false)),
+        }
+    }
+
     /// Swaps `rs` in as the active program (call between batches). Counter
     /// values of rules that survive the change carry over. Returns the new
     /// generation.

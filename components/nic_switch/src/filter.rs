@@ -165,6 +165,39 @@ impl Filter {
         self.queued > 0
     }
 
+    /// For an `nft` request that changes the ruleset: the parse-and-compile
+    /// job, to run on a helper thread while frames keep moving
+    /// ([`Filter::finish_build`] installs the result). `None` for requests
+    /// answered at once.
+    pub fn build_job(&self, args: &[String], body: &str) -> Option<nft_filter::BuildJob> {
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nft.request_job(&words, body)
+    }
+
+    /// Installs a finished build between two forwarding rounds; `load`:
+    /// it was a `nft load` (counted in [`Filter::loads`]). The reply for
+    /// init.
+    pub fn finish_build(
+        &mut self,
+        built: Result<std::sync::Arc<nft_filter::Ruleset>, nft_filter::Error>,
+        load: bool,
+    ) -> String {
+        if load {
+            // Counted whether or not it built, as in `control`: a refused
+            // ruleset also ends the wait for rules at start.
+            self.loads += 1;
+        }
+        match built {
+            Ok(rs) => {
+                self.nft.install(rs);
+                self.active = !self.nft.ruleset().tables().is_empty();
+                self.tick();
+                "ok".into()
+            }
+            Err(e) => format!("error\n{e}"),
+        }
+    }
+
     /// The `nft` control verb (see docs/INTERNALS.md): `load` + body,
     /// `list ruleset`, `list counters`, `flush ruleset`, or one nft command.
     pub fn control(&mut self, args: &[String], body: &str) -> String {

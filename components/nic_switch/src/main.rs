@@ -9,6 +9,7 @@
 
 use std::io;
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fragnet_host::{info, warn, Control, ControlMsg, Env};
@@ -142,6 +143,7 @@ fn run() -> Result<(), String> {
     let start = Instant::now();
     let mut last_housekeeping = Instant::now();
     let mut last_expire = 0;
+    let mut building: Option<Building> = None;
     loop {
         let now = start.elapsed().as_secs();
         let round = switch.poll(now, |d| {
@@ -161,20 +163,29 @@ fn run() -> Result<(), String> {
             last_housekeeping = Instant::now();
         }
         let control_fd = control.as_ref().map(|c| c.fd());
+        // Nothing wakes us when a ruleset build finishes: look again soon.
+        let timeout = if building.is_some() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_secs(1)
+        };
         let wake = waiter
             .wait(
                 round.delivered > 0,
                 switch.live_io_mut(),
                 control_fd.as_slice(),
-                Some(Duration::from_secs(1)),
+                Some(timeout),
             )
             .map_err(|e| format!("waiting: {e}"))?;
         if matches!(wake, packet_ring::linux::Wake::Woken) && waiter.extra_ready(0) {
             check_control = true;
         }
+        if building.is_some() && matches!(wake, packet_ring::linux::Wake::TimedOut) {
+            check_control = true;
+        }
         if check_control {
             if let Some(c) = control.as_mut() {
-                match serve_control(c, &mut switch, &waiter) {
+                match serve_control(c, &mut switch, &waiter, &mut building) {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
                     Err(e) => return Err(format!("control socket: {e}")),
@@ -190,8 +201,25 @@ fn serve_control(
     c: &mut Control,
     switch: &mut Switch<Channel>,
     waiter: &Waiter,
+    building: &mut Option<Building>,
 ) -> io::Result<bool> {
     loop {
+        // A ruleset build in progress: answer it when done; later requests
+        // wait in the socket meanwhile (they may depend on it).
+        if let Some(b) = building.as_ref() {
+            let reply = match b.result.try_recv() {
+                Ok(built) => switch.filter_mut().finish_build(built, b.load),
+                Err(mpsc::TryRecvError::Empty) => return Ok(true),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    "error\nthe ruleset build thread died; nothing changed".into()
+                }
+            };
+            *building = None;
+            if let Some(e) = reply.strip_prefix("error\n") {
+                warn!("nft: {e}");
+            }
+            c.reply(&reply)?;
+        }
         let msg = match c.recv() {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -206,10 +234,42 @@ fn serve_control(
             }
             Err(e) => return Err(e),
         };
+        if msg.verb == "nft" {
+            if let Some(job) = switch.filter_mut().build_job(&msg.args, &msg.body) {
+                let load = msg.args.first().is_some_and(|a| a == "load");
+                match start_build(job, load) {
+                    Ok(b) => *building = Some(b),
+                    Err(e) => c.reply(&format!(
+                        "error\ncannot start the ruleset build thread ({e}); nothing changed"
+                    ))?,
+                }
+                continue;
+            }
+        }
         if !handle(c, msg, switch, waiter)? {
             return Ok(false);
         }
     }
+}
+
+/// A ruleset being parsed and compiled on a helper thread (thousands of
+/// rules take milliseconds: not on the forwarding path).
+struct Building {
+    result: mpsc::Receiver<BuildResult>,
+    /// It is an `nft load` (counted in the filter's loads).
+    load: bool,
+}
+
+type BuildResult = Result<std::sync::Arc<nft_filter::Ruleset>, nft_filter::Error>;
+
+fn start_build(job: nft_filter::BuildJob, load: bool) -> io::Result<Building> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("nft-build".into())
+        .spawn(move || {
+            let _ = tx.send(job.run());
+        })?;
+    Ok(Building { result: rx, load })
 }
 
 /// Answer one control message. `Ok(false)`: time to exit (shutdown).
