@@ -4,32 +4,21 @@
 //! Linux UDP client in the namespace. Needs root and the workspace binaries
 //! (`cargo build --release --workspace --bins`).
 
-use fragnet_testkit::{bin_path, in_ns, is_root, wait_for, write_script, Fragnet, NetNs, TempDir};
+use fragnet_testkit::{bin_path, is_root, wait_for, write_script, Fragnet, NetNs, TempDir};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Datagrams to `to:7` from a Linux socket in `ns` that came back intact.
 fn udp_echoes(ns: &NetNs, to: Ipv4Addr, count: u32) -> u32 {
-    in_ns(ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut ok = 0;
-        let mut buf = [0u8; 2048];
-        for i in 0..count {
-            let msg = format!("attach echo {i}");
-            s.send_to(msg.as_bytes(), (to, 7)).unwrap();
-            if let Ok((n, from)) = s.recv_from(&mut buf) {
-                if &buf[..n] == msg.as_bytes() && from == SocketAddr::from((to, 7)) {
-                    ok += 1;
-                }
-            }
-        }
-        ok
-    })
+    fragnet_testkit::udp_echoes(
+        ns,
+        std::net::SocketAddrV4::new(to, 7),
+        count,
+        Duration::from_millis(300),
+    )
 }
 
 /// A process started by hand; SIGKILLed on drop.

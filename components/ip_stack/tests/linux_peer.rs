@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -121,23 +121,12 @@ macro_rules! need_root {
 }
 
 fn udp_echoes(ns: &NetNs, to: Ipv4Addr, count: u32) -> u32 {
-    in_ns(ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut ok = 0;
-        let mut buf = [0u8; 2048];
-        for i in 0..count {
-            let msg = format!("echo request {i}");
-            s.send_to(msg.as_bytes(), (to, 7)).unwrap();
-            if let Ok((n, from)) = s.recv_from(&mut buf) {
-                if &buf[..n] == msg.as_bytes() && from == SocketAddr::from((to, 7)) {
-                    ok += 1;
-                }
-            }
-        }
-        ok
-    })
+    fragnet_testkit::udp_echoes(
+        ns,
+        std::net::SocketAddrV4::new(to, 7),
+        count,
+        Duration::from_millis(500),
+    )
 }
 
 #[test]

@@ -266,6 +266,28 @@ pub fn in_ns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'stat
     .expect("netns thread panicked")
 }
 
+/// Sends `count` datagrams from a Linux UDP socket in `ns` to the echo
+/// service at `to`, one at a time, each waiting up to `wait` for its echo;
+/// returns how many came back intact from `to`.
+pub fn udp_echoes(ns: &NetNs, to: std::net::SocketAddrV4, count: u32, wait: Duration) -> u32 {
+    in_ns(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(wait)).expect("read timeout");
+        let mut ok = 0;
+        let mut buf = [0u8; 2048];
+        for i in 0..count {
+            let msg = format!("echo request {i}");
+            s.send_to(msg.as_bytes(), to).expect("send_to");
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                if &buf[..n] == msg.as_bytes() && from == std::net::SocketAddr::V4(to) {
+                    ok += 1;
+                }
+            }
+        }
+        ok
+    })
+}
+
 /// A running `fragnet run <script>`; SIGTERM then SIGKILL on drop.
 pub struct Fragnet {
     child: Option<Child>,
