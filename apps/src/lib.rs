@@ -104,6 +104,28 @@ impl Udp {
             Udp::Kernel(s) => kernel::send_batch(s, msgs),
         }
     }
+
+    /// Before a load generator's clock starts: sends `probe` to `server`
+    /// until one answer comes back (resolves ARP, wakes the server, which
+    /// may come up a little after us), for at most 10 s. Uses the socket's
+    /// read timeout between tries.
+    pub fn warm_up(&self, probe: &[u8], server: SocketAddr) -> io::Result<()> {
+        let mut buf = [0u8; 2048];
+        let start = std::time::Instant::now();
+        loop {
+            self.send_to(probe, server)?;
+            match self.recv_from(&mut buf) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if start.elapsed() < Duration::from_secs(10)
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// A TCP stream of either kind.

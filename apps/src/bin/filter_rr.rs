@@ -81,20 +81,7 @@ fn main() -> io::Result<()> {
     let inflight = opt.inflight.clamp(1, 1024);
     let mut buf = [0u8; 2048];
     // Warm-up: one answered request before the clock starts.
-    let warm = Instant::now();
-    loop {
-        sock.send_to(&[0xffu8; 20], opt.server)?;
-        match sock.recv_from(&mut buf) {
-            Ok(_) => break,
-            Err(e)
-                if warm.elapsed() < Duration::from_secs(10)
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    sock.warm_up(&[0xffu8; 20], opt.server)?;
     // Stray warm-up answers may still arrive; they fail the slot check.
     let epoch_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -47,20 +47,7 @@ fn main() -> io::Result<()> {
     // Warm-up: one answered request (resolves ARP, wakes the server) before
     // the clock starts; the server may come up a little after us.
     let mut buf = [0u8; 2048];
-    let warm = Instant::now();
-    loop {
-        sock.send_to(b"warm-up", opt.server)?;
-        match sock.recv_from(&mut buf) {
-            Ok(_) => break,
-            Err(e)
-                if warm.elapsed() < Duration::from_secs(10)
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    sock.warm_up(b"warm-up", opt.server)?;
     let start = Instant::now();
     let mut req = vec![0u8; size];
     let mut seq: u64 = 0;

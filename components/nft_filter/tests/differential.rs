@@ -750,8 +750,36 @@ impl Gen<'_> {
 
 const OBSERVER: &str = "table inet zzobs {\n\tchain pre {\n\t\ttype filter hook input priority -1000; policy accept;\n\t\tcounter\n\t}\n\tchain post {\n\t\ttype filter hook input priority 1000; policy accept;\n\t\tcounter\n\t}\n}\n";
 
+/// Counters of a kernel listing: (table, chain) → (packets, bytes) of
+/// each counter, in order.
+type KernelCounters = HashMap<(String, String), Vec<(u64, u64)>>;
+
+/// Kernel counters once the observer chains saw a packet past `reached`
+/// (or after 2 s): the listing's counters, and the packet counts of the
+/// observer's `pre` (reached the hook) and `post` (accepted) rules.
+fn await_observer(ns: &Netns, reached: u64) -> (KernelCounters, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let listing = ns
+            .exec(&["nft", "list", "ruleset"], None)
+            .expect("nft list");
+        let kc = kernel_counters(&listing);
+        let count = |rule: &str| {
+            kc.get(&("zzobs".into(), rule.into()))
+                .and_then(|v| v.first())
+                .map(|c| c.0)
+                .unwrap_or(0)
+        };
+        let (pre, post) = (count("pre"), count("post"));
+        if pre > reached || Instant::now() > deadline {
+            return (kc, pre, post);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Counters per (table, chain) from `nft list ruleset` text.
-fn kernel_counters(text: &str) -> HashMap<(String, String), Vec<(u64, u64)>> {
+fn kernel_counters(text: &str) -> KernelCounters {
     let mut m: HashMap<(String, String), Vec<(u64, u64)>> = HashMap::new();
     let (mut table, mut chain) = (String::new(), String::new());
     for line in text.lines() {
@@ -1245,27 +1273,7 @@ fn one_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
         let ours = f.evaluate(Hook::Input, LinkType::Ethernet, &frame, &meta, now());
         tap.write_all(&frame).expect("tap write");
         // Wait until the kernel's input hook saw it.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let (listing, pre, post) = loop {
-            let listing = ns
-                .exec(&["nft", "list", "ruleset"], None)
-                .expect("nft list");
-            let kc = kernel_counters(&listing);
-            let pre = kc
-                .get(&("zzobs".into(), "pre".into()))
-                .and_then(|v| v.first())
-                .map(|c| c.0)
-                .unwrap_or(0);
-            let post = kc
-                .get(&("zzobs".into(), "post".into()))
-                .and_then(|v| v.first())
-                .map(|c| c.0)
-                .unwrap_or(0);
-            if pre > reached || Instant::now() > deadline {
-                break (kc, pre, post);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let (listing, pre, post) = await_observer(&ns, reached);
         if pre == reached {
             // The kernel dropped it before the input hook; nothing to compare.
             t.not_reached += 1;
@@ -1547,27 +1555,7 @@ fn one_bridge_ruleset(k: usize, seed: u64, npackets: usize, t: &mut Tally) {
             1 + i as u64,
         );
         tap_a.write_all(&frame).expect("tap write");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let (listing, pre, post) = loop {
-            let listing = ns
-                .exec(&["nft", "list", "ruleset"], None)
-                .expect("nft list");
-            let kc = kernel_counters(&listing);
-            let pre = kc
-                .get(&("zzobs".into(), "pre".into()))
-                .and_then(|v| v.first())
-                .map(|c| c.0)
-                .unwrap_or(0);
-            let post = kc
-                .get(&("zzobs".into(), "post".into()))
-                .and_then(|v| v.first())
-                .map(|c| c.0)
-                .unwrap_or(0);
-            if pre > reached || Instant::now() > deadline {
-                break (kc, pre, post);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let (listing, pre, post) = await_observer(&ns, reached);
         if pre == reached {
             t.not_reached += 1;
             continue;
