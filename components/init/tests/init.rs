@@ -141,6 +141,23 @@ fn processes_named(name: &str) -> Vec<u32> {
 
 // --- validation -------------------------------------------------------------
 
+/// Whether a test that starts real components can run here: as root
+/// (`what` it needs root for), with the component binaries `bins` built.
+/// Says why when it cannot.
+fn runnable(what: &str, bins: &[&str]) -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root ({what})");
+        return false;
+    }
+    for b in bins {
+        if !bin_dir().join(b).is_file() {
+            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
+            return false;
+        }
+    }
+    true
+}
+
 fn check_fails(script: &Path, expect: &[&str]) {
     for verb in ["check", "run"] {
         let out = fragnet()
@@ -681,15 +698,11 @@ fn repeated_fast_crashes_are_given_up() {
 
 #[test]
 fn demo_over_tap_survives_a_switch_restart_and_cleans_up() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, TAP)");
+    if !runnable(
+        "network namespace, TAP",
+        &["nic_drv", "nic_switch", "frame_endpoint"],
+    ) {
         return;
-    }
-    for b in ["nic_drv", "nic_switch", "frame_endpoint"] {
-        if !bin_dir().join(b).is_file() {
-            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
-            return;
-        }
     }
     let ns = NetNs::new("fninit");
     let dir = TempDir::new("fninit-demo");
@@ -740,12 +753,7 @@ fn demo_over_tap_survives_a_switch_restart_and_cleans_up() {
 
 #[test]
 fn a_component_failing_to_start_undoes_everything() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, TAP)");
-        return;
-    }
-    if !bin_dir().join("nic_drv").is_file() {
-        eprintln!("skipped: nic_drv not built (cargo build --workspace --bins)");
+    if !runnable("network namespace, TAP", &["nic_drv"]) {
         return;
     }
     let ns = NetNs::new("fninit");
@@ -864,15 +872,8 @@ fn a_changed_config_restarts_that_component_with_it() {
 
 #[test]
 fn multi_queue_tap_runs_a_driver_per_queue_and_steers_by_address() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, TAP)");
+    if !runnable("network namespace, TAP", &["nic_drv", "frame_endpoint"]) {
         return;
-    }
-    for b in ["nic_drv", "frame_endpoint"] {
-        if !bin_dir().join(b).is_file() {
-            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
-            return;
-        }
     }
     let ns = NetNs::new("fninit");
     let dir = TempDir::new("fninit-mq");
@@ -1045,15 +1046,11 @@ fn user_runs_a_component_unprivileged() {
 
 #[test]
 fn an_unprivileged_driver_owns_its_tap() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, TAP, mount namespace)");
+    if !runnable(
+        "network namespace, TAP, mount namespace",
+        &["nic_drv", "frame_endpoint"],
+    ) {
         return;
-    }
-    for b in ["nic_drv", "frame_endpoint"] {
-        if !bin_dir().join(b).is_file() {
-            eprintln!("skipped: {b} not built (cargo build --workspace --bins)");
-            return;
-        }
     }
     let ns = NetNs::new("fninit");
     let dir = TempDir::new("fninit-owner");
